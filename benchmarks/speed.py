@@ -1,0 +1,113 @@
+"""Training throughput, sampling time and share of the matmul peak, for every model.
+
+    python benchmarks/speed.py                 # all models, their `cpu` presets, MNIST shape
+    python benchmarks/speed.py nade vae --seconds 10
+
+For each model: images/s of a full training step (every player: forward, backward, Adam
+step) on random binary 28x28 batches at the preset's batch size; the time to sample 64
+images; the FLOPs of one training step counted by torch's FLOP counter (matmuls and
+convolutions, the work the peak refers to) and the share of the fp32 matmul peak measured in
+the same run. Prints a Markdown table to paste into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import genlab
+
+
+def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
+    """Measured fp32 GFLOP/s of an n x n matmul: the ceiling a training step is compared with."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.Tensor]:
+    x = torch.rand(n, *model.shape)
+    if model.data_kind == "binary":
+        x = torch.bernoulli(x)
+    return {"x": x, "y": torch.randint(0, 10, (n,))}
+
+
+def train_step(model, optimizers, batch, step: int) -> None:
+    model.on_step(step)
+    for player in model.players_at(step):
+        optimizers[player].zero_grad(set_to_none=True)
+        loss, _ = model.loss(batch, player)
+        loss.backward()
+        optimizers[player].step()
+
+
+def measure(name: str, seconds: float, batch_size: int | None) -> dict[str, float]:
+    cls = genlab.MODELS[name]
+    model = genlab.create(name, shape=(1, 28, 28), preset="cpu")
+    bs = batch_size or cls.presets["cpu"].get("train", {}).get("batch_size", 64)
+    batch = batch_for(model, bs)
+    opts = {p: torch.optim.Adam(model.parameters_for(p), lr=1e-4) for p in model.players}
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, opts, batch, 0)
+    flops = counter.get_total_flops()
+    for step in range(1, 3):  # warm-up
+        train_step(model, opts, batch, step)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        train_step(model, opts, batch, 3 + n)
+        n += 1
+    step_time = (time.perf_counter() - t0) / n
+    model.eval()
+    with torch.no_grad():
+        model.sample(64)
+        t = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            model.sample(64)
+        sample_time = (time.perf_counter() - t) / reps
+    return {
+        "batch": bs,
+        "img_s": bs / step_time,
+        "sample64": sample_time,
+        "gflop_step": flops / 1e9,
+        "gflops": flops / step_time / 1e9,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="*", default=list(genlab.MODELS))
+    p.add_argument("--seconds", type=float, default=8.0, help="timing window per model")
+    p.add_argument("--batch-size", type=int, help="override the presets' batch size")
+    args = p.parse_args()
+    peak = matmul_peak()
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; fp32 matmul peak (2048^3) {peak:.0f} GFLOP/s"
+    )
+    print()
+    print("| model | batch | train img/s | sample 64 (s) | GFLOP/step | GFLOP/s | share of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        r = measure(name, args.seconds, args.batch_size)
+        print(
+            f"| {name} | {r['batch']} | {r['img_s']:.0f} | {r['sample64']:.3f} | "
+            f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {100 * r['gflops'] / peak:.1f}% |",
+            flush=True,
+        )
+    print(f"\npeak re-measured at the end: {matmul_peak():.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

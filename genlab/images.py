@@ -1,0 +1,45 @@
+"""Image grids: what a person looks at after training or sampling."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genlab.models.base import atomic_write
+
+
+def grid(x: Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> one uint8 image (rows*H', cols*W', C) with a grey border."""
+    x = x.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = x.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 0.5)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[:, top : top + h, left : left + w] = x[i]
+    img = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return img[..., 0] if c == 1 else img
+
+
+def save_grid(
+    x: Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int | None = None
+) -> Path:
+    """Write a PNG grid of the images ``x``; small images are upscaled so they can be seen."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(grid(x, nrow))
+    if scale is None:
+        scale = max(1, 256 // max(img.size))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    atomic_write(path, lambda p: img.save(p, format="PNG"))
+    return path

@@ -1,0 +1,135 @@
+"""Generative adversarial network (Goodfellow et al. 2014, arXiv:1406.2661).
+
+A generator G maps noise z ~ N(0, I) to an image; a discriminator D scores how likely an image
+is to be real. The two are trained against each other: D to tell data from G's samples, G to
+make D call its samples real. G uses the paper's "non-saturating" loss -log D(G(z)) rather than
+log(1 - D(G(z))), whose gradient vanishes early on when D rejects every sample. Both are MLPs
+here; D's last hidden layer, trained only to tell real from fake, doubles as a learned image
+representation (``encode``). There is no likelihood: ``log_prob`` is unsupported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.models.base import GenerativeModel
+from genlab.nn import mlp
+
+
+@dataclass
+class GANConfig:
+    latent: int = 100
+    hidden: tuple[int, ...] = (256, 512)  # generator layers; the discriminator mirrors them
+    dropout: float = 0.0  # after each hidden layer of D (the paper used 0.5 with maxout units)
+    slope: float = 0.2  # of D's LeakyReLU, which keeps gradients flowing to G for all inputs
+
+
+class _Discriminator(nn.Module):
+    """x (B, D) in [-1, 1] -> features (B, hidden[0]) -> one logit (B,)."""
+
+    def __init__(self, d: int, hidden: tuple[int, ...], dropout: float, slope: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in zip((d, *hidden), hidden, strict=False):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(slope)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden[-1] if hidden else d, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class GAN(GenerativeModel):
+    """MLP GAN on grey images in [0, 1] (rescaled to [-1, 1] inside, tanh output)."""
+
+    name = "gan"
+    paper = "Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661)"
+    Config = GANConfig
+    data_kind = "grey"
+    players = ("d", "g")
+    presets = {
+        # MNIST grey levels, CPU: recognisable digits after a few minutes.
+        "cpu": {
+            "model": {},
+            "train": {"batch_size": 64, "lr": 2e-4, "steps": 20000, "binarize": None},
+        },
+        # The paper's MNIST generator had two 1200-unit ReLU layers; D used maxout + dropout,
+        # approximated here by LeakyReLU + dropout 0.5. The paper trained with SGD + momentum;
+        # the protocol's optimizer is Adam.
+        "paper": {
+            "model": {"hidden": (1200, 1200), "dropout": 0.5},
+            "train": {"batch_size": 100, "lr": 2e-4, "steps": 100000, "binarize": None},
+        },
+    }
+
+    def __init__(self, shape: tuple[int, int, int], config: GANConfig | None = None) -> None:
+        config = config if config is not None else GANConfig()
+        super().__init__(shape, config)
+        hidden = tuple(int(h) for h in config.hidden)
+        if config.latent < 1 or not hidden:
+            raise ValueError("latent must be at least 1 and hidden must name at least one layer")
+        d = self.n_pixels
+        self.generator = mlp([config.latent, *hidden, d], nn.ReLU, final=nn.Tanh())
+        self.discriminator = _Discriminator(d, hidden[::-1], config.dropout, config.slope)
+
+    # ---- the training protocol ------------------------------------------------------------
+    def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
+        if player == "d":
+            return self.discriminator.parameters()
+        if player == "g":
+            return self.generator.parameters()
+        raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+
+    def optimizer_settings(self, player: str) -> dict[str, tuple[float, float]]:
+        # beta1 = 0.5 (Radford et al.): a long momentum lags behind the moving opponent.
+        return {"betas": (0.5, 0.999)}
+
+    def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
+        x = batch["x"]
+        self.check_input(x)
+        b = x.shape[0]
+        z = torch.randn(b, self.config.latent, device=x.device)  # (B, latent)
+        if player == "d":
+            with torch.no_grad():  # D's step must not build (or backprop into) G's graph
+                fake = self.generator(z)  # (B, D)
+            real_logit = self.discriminator(x.flatten(1) * 2 - 1)  # (B,)
+            fake_logit = self.discriminator(fake)  # (B,)
+            # -log D(x) - log(1 - D(G(z))), with log sigmoid(t) = -softplus(-t).
+            loss = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
+            return loss, {"d_real": float(torch.sigmoid(real_logit).detach().mean()),
+                          "d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
+        if player == "g":
+            # Freeze D while building G's graph: its weights get no gradients at all, which
+            # saves the work and means nothing stale can reach D's optimizer.
+            params = list(self.discriminator.parameters())
+            flags = [p.requires_grad for p in params]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                fake_logit = self.discriminator(self.generator(z))  # (B,)
+            finally:
+                for p, flag in zip(params, flags, strict=True):
+                    p.requires_grad_(flag)
+            loss = F.softplus(-fake_logit).mean()  # non-saturating: -log D(G(z))
+            return loss, {"d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
+        raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: dict[str, Tensor] | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) with grey levels in [0, 1]."""
+        z = torch.randn(n, self.config.latent, device=self.device)  # (n, latent)
+        return ((self.generator(z) + 1) / 2).view(n, *self.shape)
+
+    # ---- capabilities ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """D's last hidden layer (B, hidden[0]): features learned by telling real from fake."""
+        self.check_input(x)
+        return self.discriminator.features(x.flatten(1) * 2 - 1)

@@ -1,0 +1,255 @@
+"""NADE, the Neural Autoregressive Distribution Estimator (Larochelle & Murray 2011, AISTATS,
+JMLR W&CP 15; journal version Uria et al. 2016, arXiv:1605.02226).
+
+p(x) = prod_d p(x_od | x_o<d) along an ordering o, with one hidden layer shared by all the
+conditionals:  h_d = sigmoid(c + W[:, o<d] x_o<d),  p(x_od = 1 | x_o<d) = sigmoid(b_d + V_d . h_d).
+Consecutive pre-activations differ by one column, a_(d+1) = a_d + x_od W[:, od], so all D
+conditionals cost O(DH) rather than O(D^2 H); log p(x) is exact and sampling is ancestral.
+The paper reports 88.86 nats on binarised MNIST with 500 hidden units.
+
+Speed. Autograd through that recurrence (or through a (B, D, H) cumulative sum) is memory-bound.
+Here a custom autograd function walks the ordering in blocks of K pixels and the batch in
+chunks, so each block's (K, chunk, H) working set (about 1 MB) stays in cache:
+within a block the K pre-activations come from one small matmul with a strictly triangular
+mask, and the gradient with respect to W needs the *suffix* sums sum_(d>i) delta_a_d, which we
+write as total - prefix. So when the loss is the usual mean negative log-likelihood, the
+gradients are accumulated during the forward sweep itself (sigmoids computed once, nothing of
+size B*D*H stored) and ``backward`` only rescales them; any other upstream gradient falls back to
+a second sweep with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from genlab.models.base import GenerativeModel
+from genlab.orderings import ordering, split_cond
+
+_MAX_BLOCK = 8  # pixels per block: larger blocks waste matmul work on the triangular mask
+_WORKING_SET = 2**18  # floats per (K, chunk, H) block buffer: 1 MB of float32, fits in L2
+
+
+@dataclass
+class NADEConfig:
+    hidden: int = 500  # the paper's MNIST model
+    ordering: str = "raster"  # genlab.orderings.ORDERINGS; the paper used the data's own order
+    seed: int = 0  # seed of the "random" ordering
+
+
+def _block_size(d: int) -> int:
+    """Largest K <= _MAX_BLOCK dividing d, so blocks tile the ordering exactly."""
+    return max(k for k in range(1, min(_MAX_BLOCK, d) + 1) if d % k == 0)
+
+
+def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
+           upstream: Tensor | None = None, grads: bool = False, need_x: bool = False
+           ) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+    """Logits (B, D) of every conditional and optionally the gradients of
+    L = sum_(n,d) g_nd * logit_nd, with g = ``upstream`` (B, D) if given, else
+    g = sigmoid(logit) - x, the gradient of the loss -log p(x) (known once a block's logits are).
+
+    xs (B, D) in the model's ordering; W, V (D, H); b (D,); c (H,). Gradients come back as
+    (dW, dV, db, dc, dx) with dx = None unless ``need_x``; dx holds only the path through the
+    hidden layer.
+    """
+    B, D = xs.shape
+    H = W.shape[1]
+    K = _block_size(D)
+    nb = D // K
+    chunk = max(1, _WORKING_SET // (K * H))
+    dt = W.dtype
+    Wk, Vk = W.view(nb, K, H), V.view(nb, K, 1, H)
+    logits = torch.empty(nb, K, B, dtype=dt, device=W.device)  # block-major, batch last
+    strict = torch.ones(K, K, dtype=dt, device=W.device).tril_(-1)  # [j, i] = 1 if i < j
+    incl = torch.ones(K, K, dtype=dt, device=W.device).triu_()  # [j, i] = 1 if j <= i
+    ones = torch.ones(1, K, dtype=dt, device=W.device)
+    buf = torch.empty(K * min(chunk, B) * H, dtype=dt, device=W.device)
+    if grads:
+        dW, dV, dc = torch.zeros_like(W), torch.zeros_like(V), torch.zeros_like(c)
+        dWk, dVk = dW.view(nb, K, H), dV.view(nb, K, 1, H)
+        dx = torch.zeros_like(xs) if need_x else None
+        gbuf = torch.empty(nb, K, min(chunk, B), dtype=dt, device=W.device)
+        bk = b.view(nb, K, 1)
+    for s in range(0, B, chunk):
+        xb = xs[s:s + chunk]
+        n = xb.shape[0]
+        xk = xb.view(n, nb, K).transpose(0, 1).contiguous()  # (nb, n, K): block k's pixels
+        xkt = xk.transpose(1, 2)  # (nb, K, n)
+        # xtri[k][(j, m), i] = x_m,kK+i if i < j: one matmul gives a block's K pre-activations.
+        xtri = (xk.unsqueeze(1) * strict.view(1, K, 1, K)).reshape(nb, K * n, K)
+        a = c.expand(n, H).clone()  # (n, H) pre-activation at the start of the block
+        A = buf[:K * n * H].view(K, n, H)  # pre-activations, then h, then delta a, in place
+        A2, Af = A.view(K * n, H), A.view(K, n * H)
+        L = logits[:, :, s:s + n]  # (nb, K, n)
+        if grads:
+            y = (xk.unsqueeze(1) * incl.view(1, K, 1, K)).reshape(nb, K * n, K)  # i >= j mask
+            prefix = torch.zeros(n, H, dtype=dt, device=W.device)  # sum of delta a so far
+            G = gbuf[:, :, :n]  # (nb, K, n) dL/dlogit
+            if upstream is not None:
+                G.copy_(upstream[s:s + n].t().view(nb, K, n))
+        for k in range(nb):
+            torch.mm(xtri[k], Wk[k], out=A2)
+            A.add_(a)
+            A.sigmoid_()  # h (K, n, H)
+            # (1, H) x (H, n) per pixel: the row-vector form is ~3x faster than (n, H) x (H, 1).
+            torch.bmm(Vk[k], A.transpose(1, 2), out=L[k].unsqueeze(1))
+            a.addmm_(xk[k], Wk[k])
+            if not grads:
+                continue
+            g = G[k]  # (K, n)
+            if upstream is None:
+                torch.add(L[k], bk[k], out=g).sigmoid_().sub_(xkt[k])
+            dVk[k].baddbmm_(g.unsqueeze(1), A)  # dV_j += sum_m g_jm h_jm
+            # delta a = g V h (1 - h), in place over h: (K, n, H)
+            A.addcmul_(A, A, value=-1).mul_(Vk[k]).mul_(g.unsqueeze(2))
+            # dW_i = sum_m x_mi (total_m - prefix_m - sum_(j<=i) delta a_jm); total added below
+            dWk[k].addmm_(y[k].t(), A2, alpha=-1).addmm_(xk[k].t(), prefix, alpha=-1)
+            if dx is not None:
+                r = torch.mm(A2, Wk[k].t()).view(K, n, K)  # [j, m, i] = delta a_jm . W_i
+                inner = (r * incl.view(K, 1, K)).sum(0) + prefix @ Wk[k].t()  # (n, K)
+                dx[s:s + n].view(n, nb, K)[:, k].sub_(inner)
+            prefix.view(1, n * H).addmm_(ones, Af)  # += sum_j delta a_j
+        if grads:
+            dW.addmm_(xb.t(), prefix)  # prefix now holds the total over all D pixels
+            dc += prefix.sum(0)
+            if dx is not None:
+                dx[s:s + n].addmm_(prefix, W.t())
+    logits = logits.view(D, B).t() + b  # (B, D)
+    if not grads:
+        return logits, None
+    g_all = upstream if upstream is not None else torch.sigmoid(logits) - xs
+    return logits, (dW, dV, g_all.sum(0), dc, dx)
+
+
+def _nats(logits: Tensor, xs: Tensor) -> Tensor:
+    """log p(x) per image (B,): stable per-pixel terms, summed in float64."""
+    per_pixel = -F.binary_cross_entropy_with_logits(logits, xs, reduction="none")
+    return per_pixel.double().sum(1)
+
+
+class _LogProb(torch.autograd.Function):
+    """log p(x) (B,) with the gradients of -sum log p computed during the forward sweep."""
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        logits, (dW, dV, db, dc, _) = _sweep(xs, W, V, b, c, grads=True)
+        ctx.save_for_backward(xs, W, V, b, c, logits, dW, dV, db, dc)
+        return _nats(logits, xs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:
+        xs, W, V, b, c, logits, dW, dV, db, dc = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        if not need_x and bool((gy == gy[0]).all()):
+            # The usual case (a mean or sum of log p): the forward sweep already has the answer.
+            scale = -gy[0].to(dW.dtype)
+            return None, dW * scale, dV * scale, db * scale, dc * scale
+        gy = gy.to(logits.dtype).unsqueeze(1)  # (B, 1)
+        upstream = gy * (xs - torch.sigmoid(logits))  # dL/dlogit
+        _, (dW, dV, db, dc, dx) = _sweep(xs, W, V, b, c, upstream, grads=True, need_x=need_x)
+        if dx is not None:
+            dx += gy * logits  # the direct term x * logit of log p
+        return dx, dW, dV, db, dc
+
+
+class _Logits(torch.autograd.Function):
+    """Logits (B, D) of every conditional, differentiable in x and the parameters."""
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        ctx.save_for_backward(xs, W, V, b, c)
+        return _sweep(xs, W, V, b, c)[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gl: Tensor) -> tuple[Tensor | None, ...]:
+        xs, W, V, b, c = ctx.saved_tensors
+        _, (dW, dV, db, dc, dx) = _sweep(xs, W, V, b, c, gl.contiguous(), grads=True,
+                                         need_x=ctx.needs_input_grad[0])
+        return dx, dW, dV, db, dc
+
+
+class NADE(GenerativeModel):
+    """NADE with one sigmoid hidden layer of ``hidden`` units along a fixed pixel ordering."""
+
+    name = "nade"
+    paper = ("Larochelle & Murray 2011, The Neural Autoregressive Distribution Estimator "
+             "(AISTATS, JMLR W&CP 15); Uria et al. 2016 (arXiv:1605.02226)")
+    Config = NADEConfig
+    data_kind = "binary"
+    exact = True
+    presets = {
+        # Static-binarised MNIST on 2 CPU cores: Adam at batch 64 gave the lowest validation
+        # NLL per CPU-minute among batch 32-256 and lr 5e-4..5e-3.
+        "cpu": {"model": {"hidden": 500},
+                "train": {"batch_size": 64, "lr": 2e-3, "steps": 200_000, "binarize": "static"}},
+        # The paper trained with plain SGD (learning rate and decay picked on validation data)
+        # and early stopping; we keep its model and use Adam, which needs no such search.
+        "paper": {"model": {"hidden": 500, "ordering": "raster"},
+                  "train": {"batch_size": 100, "lr": 1e-3, "steps": 500_000,
+                            "binarize": "static"}},
+    }
+
+    def __init__(self, shape: tuple[int, int, int], config: NADEConfig) -> None:
+        super().__init__(shape, config)
+        c, _, w = self.shape
+        d, h = self.n_pixels, int(config.hidden)
+        if h < 1:
+            raise ValueError(f"hidden must be a positive number of units, got {h}")
+        # order[i]: flat index of the i-th generated pixel; a buffer so save/load keeps it.
+        self.register_buffer("order", ordering(config.ordering, d, config.seed, w, c))
+        self.register_buffer("inverse", torch.argsort(self.order), persistent=False)
+        # Rows are indexed by position in the ordering (W is the paper's W transposed), so a
+        # block of consecutive pixels is a contiguous (K, H) slice.
+        self.W = nn.Parameter(torch.randn(d, h) * 0.01)  # input weights (D, H)
+        self.V = nn.Parameter(torch.randn(d, h) * 0.01)  # output weights (D, H)
+        self.b = nn.Parameter(torch.zeros(d))  # output biases (D,)
+        self.c = nn.Parameter(torch.zeros(h))  # hidden biases (H,)
+
+    def _ordered(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1)[:, self.order].to(self.W.dtype)  # (B, D)
+
+    def _params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.W, self.V, self.b, self.c
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        xs = self._ordered(x)
+        params = self._params()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (xs, *params)):
+            return _LogProb.apply(xs, *params)
+        return _nats(_sweep(xs, *params)[0], xs)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) logits of p(x_i = 1 | the pixels before i in the ordering)."""
+        self.check_input(x)
+        return _Logits.apply(self._ordered(x), *self._params())[:, self.inverse].view(x.shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: dict[str, Tensor] | None = None) -> Tensor:
+        W, V, b, c = self._params()
+        d = self.n_pixels
+        parts = split_cond(cond, n, self.shape, self.device)
+        # x_d = 1 iff u < sigmoid(logit) iff logit > log(u / (1 - u)): no sigmoid per pixel.
+        threshold = torch.logit(torch.rand(n, d, device=W.device, dtype=W.dtype))
+        xs = torch.empty(n, d, device=W.device, dtype=W.dtype)  # in generation order
+        a = c.expand(n, -1).clone()  # (n, H) running pre-activation
+        h = torch.empty_like(a)
+        logit = torch.empty(n, device=W.device, dtype=W.dtype)
+        if parts is not None:
+            given, known = (t[:, self.order] for t in parts)
+        for i in range(d):
+            torch.sigmoid(a, out=h)
+            torch.mv(h, V[i], out=logit)
+            x_i = xs[:, i]
+            torch.gt(logit + b[i], threshold[:, i], out=x_i)
+            if parts is not None:  # given pixels are copied, so later ones condition on them
+                torch.where(known[:, i], given[:, i].to(x_i.dtype), x_i, out=x_i)
+            a.addr_(x_i, W[i])  # a += x_i W_i
+        return xs[:, self.inverse].float().view(n, *self.shape)

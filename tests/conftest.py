@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny configuration of every registered model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genlab
+
+# One tiny config per registered model: adding a model = one file + one registry line + one entry.
+TINY: dict[str, dict] = {
+    "independent": {},
+    "markov": {},
+    "fulljoint": {},
+    "nade": {"hidden": 8},
+    "vae": {"hidden": [16], "latent": 3},
+    "gan": {"latent": 4, "hidden": [16, 16]},
+}
+
+
+def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.GenerativeModel:
+    torch.manual_seed(0)
+    return genlab.create(name, shape=shape, **TINY[name])
+
+
+def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *model.shape, generator=g)
+    if model.data_kind == "binary":
+        x = torch.bernoulli(x, generator=g)
+    return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests use tiny tensors: one thread avoids oversubscribing the 2-core machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

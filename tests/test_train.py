@@ -1,0 +1,249 @@
+"""The training loop: overfitting, budgets, NaN errors, run folders, exact resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, tiny
+
+import genlab
+from genlab.data import synthetic
+from genlab.train import TrainingError, fit, parse_duration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bars(n: int = 64, shape=(1, 4, 4)):
+    return synthetic("bars", n=n, shape=shape, seed=0)
+
+
+def test_overfits_a_tiny_batch():
+    model = tiny("nade")
+    data = bars(8)
+    first = fit(model, data, steps=1, batch_size=8, lr=3e-2, progress=False, log_every=1)
+    hist = fit(model, data, steps=300, batch_size=8, lr=3e-2, progress=False, log_every=1)
+    start, end = first.records[0]["loss"], hist.records[-1]["loss"]
+    assert end < 0.5 * start, (start, end)
+
+
+def test_needs_a_budget_and_parses_durations():
+    with pytest.raises(ValueError, match="budget"):
+        fit(tiny("independent"), bars(), progress=False)
+    assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400
+    assert parse_duration("90s") == 90 and parse_duration("7") == 7
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("ten minutes")
+
+
+def test_time_budget_stops_the_loop():
+    hist = fit(tiny("independent"), bars(), time_budget=0.3, batch_size=8, progress=False)
+    assert hist.stopped == "time budget" and hist.step > 0
+    assert 0.3 <= hist.elapsed < 5
+
+
+def test_nan_loss_names_step_and_player(monkeypatch):
+    model = tiny("gan")
+    real_loss = model.loss
+
+    def loss(batch, player):
+        value, logs = real_loss(batch, player)
+        if player == "g" and model._calls >= 3:
+            value = value * float("nan")
+        model._calls += player == "g"
+        return value, logs
+
+    model._calls = 0
+    monkeypatch.setattr(model, "loss", loss)
+    with pytest.raises(TrainingError, match=r"player 'g' became nan at step 3"):
+        fit(model, bars(), steps=10, batch_size=8, progress=False)
+
+
+def test_early_stopping():
+    model = tiny("nade")
+    hist = fit(
+        model,
+        bars(),
+        val_data=bars(16),
+        steps=10_000,
+        batch_size=8,
+        lr=0.5,
+        val_every=5,
+        patience=2,
+        progress=False,
+    )
+    assert hist.stopped == "early stopping" and hist.step < 10_000
+
+
+def test_run_folder_contents(tmp_path):
+    out = tmp_path / "run"
+    model = tiny("nade")
+    fit(
+        model,
+        bars(),
+        val_data=bars(16),
+        steps=20,
+        batch_size=8,
+        out=out,
+        ckpt_every=10,
+        sample_every=10,
+        val_every=10,
+        log_every=5,
+        progress=False,
+        run_config={"data": {"source": "synthetic:bars"}},
+    )
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "trainer.pt", "metrics.jsonl"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert (out / "samples" / "step-10.png").exists() and (out / "samples" / "step-20.png").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "nade" and config["torch_version"] == torch.__version__
+    assert config["train"]["data"]["source"] == "synthetic:bars"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert "val_loss" in records[1] and "val_loss" in records[3]
+    assert not list(out.glob("*.tmp")), "temporary files left behind"
+    with pytest.raises(genlab.models.RunError, match="already holds a run"):
+        fit(tiny("nade"), bars(), steps=1, out=out, progress=False)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["nade", "vae", "gan"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
+    data = synthetic("bars", n=64, shape=(1, 4, 4), seed=1)
+    kw = dict(steps=30, batch_size=8, ckpt_every=10, progress=False, seed=5, lr=1e-2)
+
+    full = tiny(name)
+    fit(full, data, out=tmp_path / "full", **kw)
+
+    crashed = tiny(name)
+    real = crashed.on_step
+
+    def on_step(step):
+        if step == 17:  # dies between checkpoints 10 and 20
+            raise Crash
+        real(step)
+
+    crashed.on_step = on_step
+    with pytest.raises(Crash):
+        fit(crashed, data, out=tmp_path / "run", **kw)
+    resumed = tiny(name)
+    resumed.load_state_dict({k: torch.zeros_like(v) for k, v in resumed.state_dict().items()})
+    hist = fit(resumed, data, out=tmp_path / "run", resume=True, **kw)
+    assert hist.step == 30
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name}: {k} differs after resume"
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run/metrics.jsonl").read_text().split()]
+    assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after resume"
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL of `genlab train`, then --resume: same final weights as one clean run."""
+    args = [
+        "train",
+        "nade",
+        "--data",
+        "synthetic:bars",
+        "--steps",
+        "600",
+        "--batch-size",
+        "16",
+        "--set",
+        "hidden=32",
+        "--quiet",
+        "--sample-every",
+        "1000000",
+        "--seed",
+        "3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "genlab.cli"]
+    subprocess.run(
+        cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True
+    )
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cmd + args + ["--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while not (run / "trainer.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run / "trainer.pt", weights_only=True)["step"]
+    resumed = subprocess.run(
+        cmd + ["train", "--resume", "--out", str(run), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = genlab.load(tmp_path / "full"), genlab.load(run)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), f"{k} differs (killed at step {killed_at})"
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    torch.manual_seed(100 + rank)  # different inits: fit must broadcast rank 0's weights
+    model = genlab.create("nade", shape=(1, 4, 4), **TINY["nade"])
+    fit(
+        model,
+        synthetic("bars", n=64, shape=(1, 4, 4), seed=2),
+        steps=6,
+        batch_size=4,
+        lr=1e-2,
+        progress=False,
+        seed=1,
+    )
+    torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    torch.manual_seed(100)
+    single = genlab.create("nade", shape=(1, 4, 4), **TINY["nade"])
+    fit(
+        single,
+        synthetic("bars", n=64, shape=(1, 4, 4), seed=2),
+        steps=6,
+        batch_size=8,
+        lr=1e-2,
+        progress=False,
+        seed=1,
+    )
+    for k, v in single.state_dict().items():
+        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"
+        assert torch.allclose(r0[k], v, atol=1e-5), f"DDP differs from the global batch on {k}"
