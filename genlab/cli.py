@@ -95,6 +95,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         }
         overrides = dict(kv.split("=", 1) for kv in args.set)
         probe = load_data(args.data, "train", binarize=binarize, seed=data_cfg["seed"], limit=8)
+        torch.manual_seed(data_cfg["seed"])  # the same seed gives the same initial weights
         model = create(
             args.model,
             shape=probe.shape,

@@ -159,7 +159,7 @@ def fit(
                 loss, extra = model.loss(batch, player)
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"the loss of player {player!r} became {float(loss)} at step {step}: "
+                        f"the loss of player {player!r} became {float(loss.detach())} at step {step}: "
                         "lower the learning rate (--lr) or set gradient clipping (--clip)"
                     )
                 loss.backward()
@@ -297,24 +297,29 @@ def _restore(
     history.best_val = state["best_val"]
     torch.set_rng_state(state["rng_torch"])
     random.setstate((3, tuple(state["rng_python"]), state["rng_python_pos"]))
-    metrics = folder / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
+    history.records = _read_metrics(folder / "metrics.jsonl", history.step)
+
+
+def _read_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Records up to ``step``; a line cut short by a kill is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
             rec = json.loads(line)
-            if rec.get("step", 0) <= history.step:
-                history.records.append(rec)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step", 0) <= step:
+            records.append(rec)
+    return records
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records a killed run wrote after its last checkpoint: resume will redo those steps."""
-    if not path.exists():
-        return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in keep)))
+    if path.exists():
+        keep = "".join(json.dumps(r) + "\n" for r in _read_metrics(path, step))
+        atomic_write(path, lambda p: p.write_text(keep))
 
 
 def _log(folder: Path, writer: Any, record: dict[str, Any]) -> None:
