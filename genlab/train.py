@@ -159,7 +159,8 @@ def fit(
                 loss, extra = model.loss(batch, player)
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"the loss of player {player!r} became {float(loss.detach())} at step {step}: "
+                        f"the loss of player {player!r} became {float(loss.detach())} "
+                        f"at step {step}: "
                         "lower the learning rate (--lr) or set gradient clipping (--clip)"
                     )
                 loss.backward()

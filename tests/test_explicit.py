@@ -16,13 +16,12 @@ from genlab.models.baselines import MAX_JOINT_PIXELS, format_param_table, param_
 
 EXACT = [name for name, cls in genlab.MODELS.items() if cls.exact]
 # One entry per (model, ordering) pair: models with an ordering are tested under each.
-VARIANTS = [
-    (name, o)
-    for name in EXACT
-    for o in ((["raster", "snake", "random"]
-               if "ordering" in {f.name for f in dataclasses.fields(genlab.MODELS[name].Config)}
-               else [None]))
-]
+def _orderings(name):
+    fields = {f.name for f in dataclasses.fields(genlab.MODELS[name].Config)}
+    return ["raster", "snake", "random"] if "ordering" in fields else [None]
+
+
+VARIANTS = [(name, o) for name in EXACT for o in _orderings(name)]
 IDS = [f"{n}-{o}" if o else n for n, o in VARIANTS]
 CHI2_15 = 37.70  # chi-square critical values at p = 0.001 for 15 and 3 degrees of freedom
 CHI2_3 = 16.27
@@ -173,7 +172,8 @@ def test_log_prob_rejects_bad_input(name):
 # ---- (f) the baselines ---------------------------------------------------------------------------
 
 def data(n, shape, seed=0, p=0.3):
-    return torch.bernoulli(torch.full((n, *shape), p), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((n, *shape), p), generator=g)
 
 
 @pytest.mark.parametrize("smoothing", [1.0, 0.5])

@@ -158,8 +158,9 @@ def test_discriminator_step_changes_only_the_discriminator():
     loss.backward()
     assert all(p.grad is None for p in model.generator.parameters())  # the fake is detached
     opt.step()
-    assert all(torch.equal(a, p) for a, p in zip(g_before, model.generator.parameters()))
-    assert not all(torch.equal(a, p) for a, p in zip(d_before, model.discriminator.parameters()))
+    g_after, d_after = model.generator.parameters(), model.discriminator.parameters()
+    assert all(torch.equal(a, p) for a, p in zip(g_before, g_after, strict=True))
+    assert not all(torch.equal(a, p) for a, p in zip(d_before, d_after, strict=True))
     assert 0 <= logs["d_real"] <= 1 and 0 <= logs["d_fake"] <= 1
 
 

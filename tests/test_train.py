@@ -234,7 +234,7 @@ def test_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
     single = genlab.create("nade", shape=(1, 4, 4), **TINY["nade"])
     data = synthetic("bars", n=64, shape=(1, 4, 4), seed=2)
     fit(single, data, steps=1, batch_size=8, lr=1e-2, progress=False, seed=1)
-    for k, v in single.state_dict().items():
+    for k in single.state_dict():
         assert torch.equal(r0["weights"][k], r1["weights"][k]), f"ranks disagree on {k}"
     # Averaged per-rank gradients equal the gradient of the global batch (up to rounding).
     for k, p in single.named_parameters():

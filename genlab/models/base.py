@@ -26,7 +26,7 @@ class Unsupported(NotImplementedError):
 
 
 class GenerativeModel(nn.Module):
-    """Base class: subclasses set ``name``, ``Config``, ``paper``; implement ``loss``, ``sample``."""
+    """Base class: subclasses set ``name``, ``Config``, ``paper``, implement ``sample``."""
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # "Authors Year, Title (arXiv:xxxx.xxxxx)"

@@ -62,7 +62,7 @@ def param_table(n_pixels: int) -> list[tuple[str, str, int]]:
 def _approx(value: int) -> str:
     # Decimal formats arbitrarily large ints exactly; float() would overflow past 1e308.
     mantissa, exponent = f"{Decimal(value):.2e}".split("e")
-    return f"{mantissa} x 10^{int(exponent)}"
+    return f"{mantissa} × 10^{int(exponent)}"
 
 
 def format_param_table(n: int) -> str:
@@ -80,7 +80,7 @@ def format_param_table(n: int) -> str:
             shown = f"{digits} (≈ {_approx(count)})"
         lines.append(f"{model:<36}{formula:<10}{shown}")
     for formula, digits in long_values:
-        lines += ["", f"{formula.replace('n', str(n))} = {len(digits)} digits:"]
+        lines += ["", f"{formula.replace('n', str(n))} ({len(digits)} digits) ="]
         lines += ["  " + digits[i:i + 72] for i in range(0, len(digits), 72)]
     return "\n".join(lines)
 

@@ -35,7 +35,7 @@ class _Discriminator(nn.Module):
     def __init__(self, d: int, hidden: tuple[int, ...], dropout: float, slope: float) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for a, b in zip((d, *hidden), hidden, strict=False):
+        for a, b in zip((d, *hidden[:-1]), hidden, strict=True):
             layers += [nn.Linear(a, b), nn.LeakyReLU(slope)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

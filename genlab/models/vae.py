@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,10 @@ class VAEConfig:
     objective: str = "elbo"  # "elbo" (Kingma & Welling) or "iwae" (Burda et al.)
     k_train: int = 1  # samples of z per image in the training loss
     warmup: int = 0  # steps over which the KL weight rises linearly from 0 to 1 (0: off)
+    activation: str = "tanh"  # of the hidden layers: "tanh" (the paper), "elu" or "relu"
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
 
 
 def _log_normal(z: Tensor) -> Tensor:
@@ -45,12 +48,18 @@ def _log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     return (x * logits - F.softplus(logits)).sum(-1)
 
 
+def _gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last axis."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
 class _Encoder(nn.Module):
     """x (B, D) -> mean and log-variance (B, L) of the diagonal Gaussian q(z|x)."""
 
-    def __init__(self, d: int, hidden: tuple[int, ...], latent: int) -> None:
+    def __init__(self, d: int, hidden: tuple[int, ...], latent: int,
+                 activation: type[nn.Module]) -> None:
         super().__init__()
-        self.net = mlp([d, *hidden, 2 * latent], nn.Tanh)
+        self.net = mlp([d, *hidden, 2 * latent], activation)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.net(x).chunk(2, dim=-1)
@@ -89,10 +98,14 @@ class VAE(GenerativeModel):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {config.objective!r}")
         if config.k_train < 1 or config.latent < 1:
             raise ValueError("k_train and latent must be at least 1")
+        if config.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, "
+                             f"got {config.activation!r}")
+        act = _ACTIVATIONS[config.activation]
         hidden = tuple(int(h) for h in config.hidden)
         d = self.n_pixels
-        self.encoder = _Encoder(d, hidden, config.latent)
-        self.decoder = mlp([config.latent, *reversed(hidden), d], nn.Tanh)  # -> logits (.., D)
+        self.encoder = _Encoder(d, hidden, config.latent, act)
+        self.decoder = mlp([config.latent, *reversed(hidden), d], act)  # -> logits (.., D)
         # The output bias is set from the first training batch (see _init_output_bias); the
         # flag is a buffer so that loading or resuming a trained model never redoes it.
         self.register_buffer("_initialised", torch.tensor(False))
@@ -211,10 +224,3 @@ class VAE(GenerativeModel):
         self.decoder[-1].bias.copy_(torch.logit(p))
         self._initialised.fill_(True)
 
-
-def _gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last axis."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-__all__: list[Any] = ["VAE", "VAEConfig"]
