@@ -51,7 +51,17 @@ def cmd_params(args: argparse.Namespace) -> None:
 def _train_settings(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Preset training settings, overridden by the flags the user gave."""
     settings = dict(cls.presets.get(args.preset, {}).get("train", {}))
-    for key in ("batch_size", "lr", "steps", "clip", "seed", "schedule", "binarize"):
+    for key in (
+        "batch_size",
+        "lr",
+        "steps",
+        "clip",
+        "seed",
+        "schedule",
+        "binarize",
+        "patience",
+        "val_every",
+    ):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -240,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", choices=("constant", "cosine"))
     s.add_argument("--seed", type=int)
     s.add_argument("--binarize", choices=("static", "dynamic", "threshold"))
+    s.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N validations without improvement; the best weights are kept",
+    )
+    s.add_argument("--val-every", type=int, help="validate every N steps (default 500)")
     s.add_argument("--limit", type=int, help="use only the first N images of each split")
     s.add_argument("--sample-every", type=int, default=500)
     s.add_argument(

@@ -38,7 +38,7 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid(x, nrow))
     if scale is None:
-        scale = max(1, 256 // max(img.size))
+        scale = max(1, 512 // max(img.size))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     atomic_write(path, lambda p: img.save(p, format="PNG"))

@@ -40,6 +40,8 @@ class History:
     elapsed: float = 0.0
     stopped: str = ""  # why the loop ended: "steps", "time budget", "early stopping"
     best_val: float | None = None
+    since_best: int = 0  # validations since best_val improved (for patience)
+    best_state: dict[str, Tensor] | None = field(default=None, repr=False)
 
     def last(self, key: str) -> float | None:
         for r in reversed(self.records):
@@ -75,6 +77,7 @@ def fit(
     val_every: int = 500,
     val_limit: int | None = 2000,
     patience: int | None = None,
+    restore_best: bool = True,
     sample_every: int | None = None,
     ckpt_every: int = 500,
     log_every: int = 50,
@@ -87,6 +90,8 @@ def fit(
 
     ``schedule`` is "constant" or "cosine" (decays to 0 over the step or time budget).
     ``patience``: stop after that many validations without improvement (needs ``val_data``).
+    ``restore_best``: with ``val_data``, end with (and save) the weights that validated best;
+    ``trainer.pt`` still holds the last state, so ``resume`` continues from there.
     ``out``: run folder (config.json, model.safetensors, trainer.pt, metrics.jsonl, TensorBoard
     events, samples/step-N.png). ``resume=True`` continues a killed run exactly where its last
     checkpoint left it. ``run_config`` (data and training settings) is stored in config.json.
@@ -130,7 +135,6 @@ def fit(
     bar = _progress_bar(progress and rank == 0, steps, history.step)
     t_start = time.perf_counter() - history.elapsed
     seen_at, seen_t = history.step, time.perf_counter()
-    bad_vals = 0
     model.train()
     try:
         while True:
@@ -195,9 +199,12 @@ def fit(
                 val = validate(model, val_data, batch_size=max(batch_size, 256), limit=val_limit)
                 record = {**(record or {"step": step}), "val_loss": val}
                 if history.best_val is None or val < history.best_val:
-                    history.best_val, bad_vals = val, 0
+                    history.best_val, history.since_best = val, 0
+                    history.best_state = {
+                        k: v.detach().clone() for k, v in model.state_dict().items()
+                    }
                 else:
-                    bad_vals += 1
+                    history.since_best += 1
             if record is not None:
                 history.records.append(record)
                 if rank == 0 and folder is not None:
@@ -208,7 +215,7 @@ def fit(
                 if step % ckpt_every == 0:
                     history.elapsed = time.perf_counter() - t_start
                     _checkpoint(folder, model, optimizers, history, run_config)
-            if patience is not None and bad_vals >= patience:
+            if patience is not None and history.since_best >= patience:
                 history.stopped = "early stopping"
                 break
     finally:
@@ -217,6 +224,20 @@ def fit(
     history.elapsed = time.perf_counter() - t_start
     if rank == 0 and folder is not None:
         _checkpoint(folder, model, optimizers, history, run_config)
+    if restore_best and history.best_state is not None:
+        # trainer.pt keeps the last state for --resume; the model and its saved weights are the
+        # ones that did best on validation data (what early stopping is for).
+        model.load_state_dict(history.best_state)
+        if rank == 0 and folder is not None:
+            model.save(
+                folder,
+                extra={
+                    "train": run_config or {},
+                    "step": history.step,
+                    "best_val_loss": history.best_val,
+                },
+            )
+    if rank == 0 and folder is not None:
         _write_samples(model, folder, history.step)
         if writer is not None:
             writer.close()
@@ -264,6 +285,8 @@ def _checkpoint(
         "step": history.step,
         "elapsed": history.elapsed,
         "best_val": history.best_val,
+        "since_best": history.since_best,
+        "best_state": history.best_state or {},
         "model": model.state_dict(),
         "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
         "rng_torch": torch.get_rng_state(),
@@ -296,6 +319,8 @@ def _restore(
     history.step = int(state["step"])
     history.elapsed = float(state["elapsed"])
     history.best_val = state["best_val"]
+    history.since_best = int(state["since_best"])
+    history.best_state = state["best_state"] or None
     torch.set_rng_state(state["rng_torch"])
     random.setstate((3, tuple(state["rng_python"]), state["rng_python_pos"]))
     history.records = _read_metrics(folder / "metrics.jsonl", history.step)

@@ -88,7 +88,12 @@ class GenerativeModel(nn.Module):
         return nll, {"nll": float(nll.detach())}
 
     def sample(self, n: int, cond: dict[str, Tensor] | None = None) -> Tensor:
-        """``n`` images (n, C, H, W) in [0, 1]; binary models give {0, 1}."""
+        """``n`` images (n, C, H, W) in [0, 1]; binary models give {0, 1}.
+
+        ``cond`` carries conditioning as a dict: for completion/inpainting
+        ``{"x": (n, C, H, W) image, "mask": (n, C, H, W) bool, True where the pixel is given}``;
+        class labels come as ``"y"`` and other conditions under their batch keys.
+        """
         raise NotImplementedError
 
     # ---- optional capabilities -------------------------------------------------------------

@@ -76,11 +76,13 @@ class VAE(GenerativeModel):
     data_kind = "binary"
     exact = False
     presets = {
-        # Static-binarised MNIST, 2 CPU cores: the IWAE objective with a few samples, a short
-        # KL warm-up and a cosine learning-rate decay (see the report in the docs).
+        # Static-binarised MNIST on a CPU: wider ELU layers learn much faster than tanh ones
+        # here, large batches with a high, cosine-decayed learning rate use the time best, and
+        # a few importance samples reduce overfitting to the fixed binarisation.
         "cpu": {
-            "model": {"objective": "iwae", "k_train": 5, "warmup": 2000},
-            "train": {"batch_size": 100, "lr": 2e-3, "steps": 30000, "schedule": "cosine",
+            "model": {"hidden": (300, 300), "activation": "elu", "objective": "iwae",
+                      "k_train": 3},
+            "train": {"batch_size": 200, "lr": 3e-3, "steps": 12000, "schedule": "cosine",
                       "binarize": "static"},
         },
         # Burda et al.: batch 20, 3280 epochs of 50k images (lr decayed by hand in the paper),
