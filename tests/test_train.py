@@ -80,6 +80,11 @@ def test_early_stopping():
         progress=False,
     )
     assert hist.stopped == "early stopping" and hist.step < 10_000
+    # the model ends with the weights that validated best, not the last ones
+    from genlab.train import validate
+
+    assert validate(model, bars(16)) == pytest.approx(hist.best_val, rel=1e-6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in hist.best_state.items())
 
 
 def test_run_folder_contents(tmp_path):
