@@ -27,7 +27,7 @@ class NLLReport:
     exact: bool  # False for importance-weighted estimates
     data: str  # which data: source, split, binarization
     method: str  # "exact" or e.g. "importance-weighted estimate, k=5000"
-    loss: float | None = None  # the model's training loss on the data (VAE: negative ELBO)
+    loss: float | None = None  # the training loss on the data (VAE: a negative lower bound)
 
     def __str__(self) -> str:
         s = (
@@ -35,7 +35,7 @@ class NLLReport:
             f"({self.method}) on {self.data}"
         )
         if self.loss is not None and not self.exact:
-            s += f"; training loss (negative ELBO) {self.loss:.2f} nats"
+            s += f"; training loss (negative ELBO or IWAE bound) {self.loss:.2f} nats"
         return s
 
 

@@ -252,7 +252,7 @@ def validate(
     """Mean of the model's own loss over (the first ``limit`` images of) ``data``.
 
     For likelihood models the loss *is* the negative log-likelihood in nats; for a VAE it is
-    the negative ELBO, an upper bound. Uses the first player's loss.
+    its negative training bound (ELBO or IWAE), an upper bound. Uses the first player's loss.
     """
     was_training = model.training
     model.eval()
