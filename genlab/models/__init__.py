@@ -43,6 +43,12 @@ def create(
             f"{name} has no setting {', '.join(unknown)}; "
             f"its settings are: {', '.join(sorted(fields)) or '(none)'}"
         )
+    # Tuple-valued settings (layer widths...) arrive as lists from JSON or as one number from
+    # the command line (--set hidden=300): give the config the tuple it declares.
+    for f in dataclasses.fields(cls.Config):
+        if f.name in settings and isinstance(f.default, tuple):
+            value = settings[f.name]
+            settings[f.name] = tuple(value) if isinstance(value, list | tuple) else (value,)
     return cls(tuple(shape), cls.Config(**settings))
 
 
