@@ -23,6 +23,7 @@ import torch
 
 from genlab.data import load as load_data
 from genlab.models import MODELS, create, load
+from genlab.models.base import read_config
 
 
 def _parse_value(text: str) -> Any:
@@ -77,13 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out or f"runs/{args.model}")
     if args.resume:
-        stored = (
-            json.loads((out / "config.json").read_text())
-            if (out / "config.json").exists()
-            else None
-        )
-        if stored is None:
-            raise genlab.models.RunError(f"nothing to resume in {out}: config.json is missing")
+        stored = read_config(out)
         model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
         run = stored["train"]
         settings = run["fit"]
@@ -160,7 +155,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _run_data(run: str, source: str | None, split: str, limit: int | None) -> Any:
     """The data a run was trained on (its binarization and seed), or ``source`` likewise."""
-    config = json.loads((Path(run) / "config.json").read_text())
+    config = read_config(run)
     data_cfg = config.get("train", {}).get("data", {})
     src = source or data_cfg.get("source")
     if src is None:

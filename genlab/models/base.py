@@ -142,7 +142,7 @@ class GenerativeModel(nn.Module):
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        config = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+        config = read_config(folder) if (folder / "config.json").exists() else {}
         config.update(
             {
                 "model": self.name,
@@ -171,7 +171,11 @@ def _unsupported_message(model: GenerativeModel, capability: str) -> str:
     return f"{model.name} has no {capability}(); models that do: {', '.join(have)}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's config.json, or one clear RunError if it is missing or unreadable."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise RunError(f"{folder} is not a run folder: config.json is missing")
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -211,7 +215,7 @@ def load(path: str | os.PathLike) -> GenerativeModel:
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).exists():
             raise RunError(f"{folder} is not a complete run: {name} is missing")
-    config = _read_json(folder / "config.json")
+    config = read_config(folder)
     try:
         model = create(config["model"], shape=tuple(config["shape"]), **config["model_config"])
     except KeyError as e:
