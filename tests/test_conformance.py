@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import TINY, tiny, tiny_batch
@@ -123,5 +125,18 @@ def test_create_rejects_unknown_names_and_settings():
         genlab.create("nade", shape=(1, 4, 4), bogus=1)
 
 
-def test_base_class_is_abstract_about_loss():
-    assert not GenerativeModel.has("log_prob")
+def test_capabilities_follow_what_a_subclass_defines():
+    class Coin(GenerativeModel):
+        """One Bernoulli(1/2) per pixel: only log_prob is defined."""
+
+        name = "coin"
+
+        def log_prob(self, x):
+            return torch.full((x.shape[0],), -self.n_pixels * math.log(2))
+
+    assert Coin.has("log_prob") and not Coin.has("encode") and not Coin.has("sample")
+    coin = Coin((1, 2, 2), None)
+    loss, logs = coin.loss({"x": torch.zeros(3, 1, 2, 2)}, "model")  # the base loss is the NLL
+    assert float(loss) == pytest.approx(4 * math.log(2)) and logs["nll"] == pytest.approx(
+        float(loss)
+    )
