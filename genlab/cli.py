@@ -36,6 +36,17 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: counts (-n, --steps, --batch-size, --limit, -k) must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     print(f"{'model':<14} {'kind':<9} {'capabilities':<26} paper")
     for name, cls in MODELS.items():
@@ -225,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="models, what each supports, its paper").set_defaults(fn=cmd_list)
 
     s = sub.add_parser("params", help="parameter counts of the per-pixel baselines")
-    s.add_argument("--pixels", type=int, default=784)
+    s.add_argument("--pixels", type=_positive_int, default=784)
     s.set_defaults(fn=cmd_params)
 
     s = sub.add_parser("train", help="train a model; writes a run folder")
@@ -237,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
     s.add_argument("--out", help="run folder (default runs/MODEL)")
-    s.add_argument("--steps", type=int)
+    s.add_argument("--steps", type=_positive_int)
     s.add_argument("--time-budget", help="e.g. 90s, 10m, 1h")
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--lr", type=float)
     s.add_argument("--clip", type=float)
     s.add_argument("--schedule", choices=("constant", "cosine"))
@@ -250,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="stop after N validations without improvement; the best weights are kept",
     )
-    s.add_argument("--val-every", type=int, help="validate every N steps (default 500)")
-    s.add_argument("--limit", type=int, help="use only the first N images of each split")
-    s.add_argument("--sample-every", type=int, default=500)
+    s.add_argument("--val-every", type=_positive_int, help="validate every N steps (default 500)")
+    s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
+    s.add_argument("--sample-every", type=_positive_int, default=500)
     s.add_argument(
         "--set",
         action="append",
@@ -266,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="write a grid of samples")
     s.add_argument("run")
-    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-n", type=_positive_int, default=64)
     s.add_argument("--out")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_sample)
@@ -275,9 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--data", help="default: the data the run was trained on")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
-    s.add_argument("--limit", type=int)
-    s.add_argument("-k", type=int, default=5000, help="importance samples for latent models")
-    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--limit", type=_positive_int)
+    s.add_argument(
+        "-k", type=_positive_int, default=5000, help="importance samples for latent models"
+    )
+    s.add_argument("--batch-size", type=_positive_int, default=500)
     s.add_argument("--json", help="also write the report as JSON")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_eval)
@@ -286,14 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("images", help="an image folder, .npz, IDX folder or dataset name")
     s.add_argument("--out", default="scores.csv")
-    s.add_argument("-k", type=int, default=1000, help="importance samples for latent models")
+    s.add_argument(
+        "-k", type=_positive_int, default=1000, help="importance samples for latent models"
+    )
     s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("encode", help="features of a dataset as .npz (z, y)")
     s.add_argument("run")
     s.add_argument("--data")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=_positive_int)
     s.add_argument("--out", default="features.npz")
     s.set_defaults(fn=cmd_encode)
     return p

@@ -94,6 +94,12 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1
 
 
+def test_counts_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "runs/x", "-n", "0"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
 def test_corrupt_checkpoint_and_bad_images(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code, _, err = run(
