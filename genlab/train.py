@@ -235,6 +235,12 @@ def fit(
         _write_samples(model, folder, history.step)
         if writer is not None:
             writer.close()
+    if world > 1:
+        # Rank 0 writes files after the last step; ranks that exit or tear down the process
+        # group before it is done make gloo abort it.
+        import torch.distributed as dist
+
+        dist.barrier()
     model.eval()
     return history
 

@@ -221,6 +221,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save({"weights": model.state_dict(), "grads": grads}, f"{out}/rank{rank}.pt")
     import torch.distributed as dist
 
+    dist.barrier()  # neither rank tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
