@@ -102,22 +102,24 @@ def cmd_train(args: argparse.Namespace) -> None:
         if cls is None:
             raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
         settings = _train_settings(cls, args)
-        binarize = settings.pop("binarize", "static" if cls.data_kind == "binary" else None)
-        data_cfg = {
-            "source": args.data,
-            "binarize": binarize,
-            "seed": settings.get("seed", 0),
-            "limit": args.limit,
-        }
+        seed = settings.get("seed", 0)
         overrides = dict(kv.split("=", 1) for kv in args.set)
-        probe = load_data(args.data, "train", binarize=binarize, seed=data_cfg["seed"], limit=8)
-        torch.manual_seed(data_cfg["seed"])  # the same seed gives the same initial weights
+        probe = load_data(args.data, "train", seed=seed, limit=8)
+        torch.manual_seed(seed)  # the same seed gives the same initial weights
         model = create(
             args.model,
             shape=probe.shape,
             preset=args.preset,
             **{k: _parse_value(v) for k, v in overrides.items()},
         )
+        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey).
+        binarize = settings.pop("binarize", "static" if model.data_kind == "binary" else None)
+        if model.data_kind != "binary":
+            if args.binarize is not None:
+                raise ValueError(f"{model.name} with these settings models grey levels, "
+                                 f"not binary images: drop --binarize {args.binarize}")
+            binarize = None
+        data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
         run = {"data": data_cfg, "fit": settings, "preset": args.preset}
     train = load_data(
         data_cfg["source"],

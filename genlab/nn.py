@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def mlp(
@@ -22,3 +24,88 @@ def mlp(
     if final is not None:
         layers.append(final)
     return nn.Sequential(*layers)
+
+
+# ---- discrete pixel values: binary (levels=2) or K grey levels per sub-pixel ---------------------
+#
+# A model with ``levels`` = K sees sub-pixel values on the grid k / (K - 1). Its logits are
+# (B, *S) for K = 2 (one Bernoulli logit per sub-pixel) and (B, K, *S) for K > 2 (a softmax per
+# sub-pixel, the class dimension second as in F.cross_entropy), where x is (B, *S).
+
+
+def levels_index(x: Tensor, levels: int) -> Tensor:
+    """Level k (long) of values on the grid k / (levels - 1)."""
+    return torch.round(x * (levels - 1)).long().clamp_(0, levels - 1)
+
+
+def off_grid(x: Tensor, levels: int) -> bool:
+    """True when some value of ``x`` is outside [0, 1] or not on the ``levels`` grid."""
+    scaled = x.double() * (levels - 1)
+    return bool(((scaled - scaled.round()).abs() > 1e-3).any() or (x < 0).any() or (x > 1).any())
+
+
+def discrete_log_prob(logits: Tensor, x: Tensor, levels: int) -> Tensor:
+    """log p(x) per image (B,), from per-sub-pixel logits; the sum runs in float64."""
+    if levels == 2:
+        per = -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
+    else:
+        per = -F.cross_entropy(logits, levels_index(x, levels), reduction="none")
+    return per.reshape(len(x), -1).double().sum(1)
+
+
+def discrete_sample(logits: Tensor, levels: int, u: Tensor) -> Tensor:
+    """Values in [0, 1] drawn by inverting the CDF at the uniforms ``u`` (shape of x).
+
+    Taking the uniforms as an argument makes samplers reproducible: two samplers that feed the
+    same ``u`` and compute the same logits produce the same images.
+    """
+    if levels == 2:
+        return (u < torch.sigmoid(logits)).to(torch.float32)
+    cdf = torch.softmax(logits.double(), 1).cumsum(1)  # (B, K, *S)
+    k = (cdf < u.double().unsqueeze(1)).sum(1).clamp_(max=levels - 1)
+    return k.to(torch.float32) / (levels - 1)
+
+
+# ---- masked convolutions (PixelCNN / PixelRNN input-to-state) ------------------------------------
+
+
+def colour_groups(n_features: int, colours: int) -> Tensor:
+    """Colour group of each of ``n_features`` channels: contiguous blocks, R first.
+
+    With n_features = colours this is the image's own channels; an output layer with
+    colours * K channels gives channel c's K logits the group c.
+    """
+    if n_features % colours:
+        raise ValueError(f"{n_features} channels cannot be split into {colours} colour groups")
+    return torch.arange(n_features) // (n_features // colours)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A k x k convolution that sees only the pixels above and, in the current row, to the left.
+
+    At the centre pixel, input colour group i feeds output group j only if i < j (mask 'A', the
+    first layer: a sub-pixel never sees itself) or i <= j (mask 'B', later layers). With
+    ``colours`` = 3 this gives the R -> G -> B order within a pixel; with 1 it is the plain
+    PixelCNN mask. The rows below the centre are all masked, so they are neither stored nor
+    computed: the kernel is (k // 2 + 1) x k, about half the multiply-adds of a k x k one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, mask: str = "B",
+                 colours: int = 1, bias: bool = True) -> None:
+        if kernel % 2 == 0 or mask not in ("A", "B"):
+            raise ValueError(f"need an odd kernel and mask 'A' or 'B', got {kernel}, {mask!r}")
+        r = kernel // 2
+        super().__init__(in_channels, out_channels, (r + 1, kernel), padding=(r, r), bias=bias)
+        m = torch.ones(out_channels, in_channels, r + 1, kernel)
+        m[:, :, r, r + 1:] = 0  # right of the centre in the current row
+        gin, gout = colour_groups(in_channels, colours), colour_groups(out_channels, colours)
+        see = gin.unsqueeze(0) < gout.unsqueeze(1) if mask == "A" else (
+            gin.unsqueeze(0) <= gout.unsqueeze(1))
+        m[:, :, r, r] = see.float()
+        self.register_buffer("mask", m, persistent=False)
+        self.radius = r
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
+        # Padding r rows on both sides yields H + r rows; the first H are the causal outputs.
+        out = F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+        return out[:, :, : x.shape[2]]
