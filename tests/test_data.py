@@ -420,3 +420,16 @@ def test_mnist_static_binarization_is_split_order_independent(mnist_all: Dataset
     assert test_first.describe() == (
         "mnist test split, 10000 images 1x28x28, static binarization (seed 0)"
     )
+
+
+def test_photos_are_colour_crops_with_disjoint_splits():
+    # `make test` installs the scikit-learn wheel (--no-deps) that ships the photographs.
+    splits = {s: load("photos", s) for s in ("train", "val", "test")}
+    assert [len(d) for d in splits.values()] == [20790, 900, 900]
+    for d in splits.values():
+        assert d.shape == (3, 32, 32) and d.y is None
+        # 8-bit values: exactly on the 256-level grid a levels=256 model expects.
+        assert torch.equal(d.x * 255, (d.x * 255).round())
+    assert float(splits["train"].x.std()) > 0.1  # real photographs, not a constant
+    static = load("photos", "test", binarize="static", limit=5)
+    assert bool(((static.x == 0) | (static.x == 1)).all())
