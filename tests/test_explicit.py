@@ -301,3 +301,20 @@ def test_nade_float32_log_prob_is_accurate():
         ref = reference_log_prob(model.double(), x.double())
     assert ours.dtype == torch.float64
     assert torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_nade_batch_split_over_threads_gives_the_same_gradients(monkeypatch):
+    monkeypatch.setattr(nade_module, "_MIN_SHARE", 2)  # split even this tiny batch
+    torch.manual_seed(0)
+    model = genlab.create("nade", shape=(1, 3, 5), hidden=7).double()
+    x = torch.bernoulli(torch.full((9, 1, 3, 5), 0.4, dtype=torch.float64)).requires_grad_()
+    weights = torch.rand(9, dtype=torch.float64)
+    params = list(model.parameters())
+    for reduce in (lambda lp: lp.mean(), lambda lp: (weights * lp).sum()):
+        want = torch.autograd.grad(reduce(reference_log_prob(model, x)), [*params, x])
+        torch.set_num_threads(3)  # three shares of 3 images (the fixture restores 1 thread)
+        got = torch.autograd.grad(reduce(model.log_prob(x)), [*params, x])
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, atol=1e-10)

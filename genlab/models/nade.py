@@ -20,6 +20,8 @@ a second sweep with the same code.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,7 @@ from genlab.orderings import ordering
 
 _MAX_BLOCK = 8  # pixels per block: larger blocks waste matmul work on the triangular mask
 _WORKING_SET = 2**18  # floats per (K, chunk, H) block buffer: 1 MB of float32, fits in L2
+_MIN_SHARE = 128  # images per thread below which splitting the batch does not pay
 
 
 @dataclass
@@ -51,6 +54,46 @@ def _block_size(d: int) -> int:
 def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
            upstream: Tensor | None = None, grads: bool = False, need_x: bool = False
            ) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
+    """``_sweep_serial`` with the batch split over torch's threads.
+
+    The sweep is a chain of small, cache-sized operations that intra-op threading cannot
+    speed up, but images are independent: each Python thread (ATen releases the GIL) sweeps
+    its share of the batch with one intra-op thread and the gradient sums are added.
+    """
+    threads = torch.get_num_threads()
+    parts = min(threads, xs.shape[0] // _MIN_SHARE)
+    if parts < 2:
+        return _sweep_serial(xs, W, V, b, c, upstream, grads, need_x)
+    cuts = [len(xs) * i // parts for i in range(parts + 1)]
+    torch.set_num_threads(1)
+    try:
+        futures = [
+            _pool(parts).submit(
+                _sweep_serial, xs[lo:hi], W, V, b, c,
+                None if upstream is None else upstream[lo:hi], grads, need_x)
+            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        results = [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(threads)
+    logits = torch.cat([r[0] for r in results])
+    if not grads:
+        return logits, None
+    grad_parts = [r[1] for r in results]
+    summed = tuple(torch.stack(g).sum(0) for g in list(zip(*grad_parts, strict=True))[:4])
+    dx = torch.cat([g[4] for g in grad_parts]) if need_x else None
+    return logits, (*summed, dx)
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="nade-sweep")
+
+
+@torch.no_grad()  # called from autograd Functions and from worker threads (own grad mode)
+def _sweep_serial(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
+                  upstream: Tensor | None = None, grads: bool = False, need_x: bool = False
+                  ) -> tuple[Tensor, tuple[Tensor | None, ...] | None]:
     """Logits (B, D) of every conditional and optionally the gradients of
     L = sum_(n,d) g_nd * logit_nd, with g = ``upstream`` (B, D) if given, else
     g = sigmoid(logit) - x, the gradient of the loss -log p(x) (known once a block's logits are).
