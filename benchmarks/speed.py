@@ -40,6 +40,8 @@ def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.T
     x = torch.rand(n, *model.shape)
     if model.data_kind == "binary":
         x = torch.bernoulli(x)
+    else:  # grey data arrives as 8-bit values / 255
+        x = torch.round(x * 255) / 255
     return {"x": x, "y": torch.randint(0, 10, (n,))}
 
 

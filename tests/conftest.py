@@ -13,8 +13,12 @@ TINY: dict[str, dict] = {
     "markov": {},
     "fulljoint": {},
     "nade": {"hidden": 8},
+    "made": {"hidden": [8, 6], "masks": 2, "order_agnostic": False},
+    "rnade": {"hidden": 8, "components": 3},
     "vae": {"hidden": [16], "latent": 3},
     "gan": {"latent": 4, "hidden": [16, 16]},
+    "row_lstm": {"hidden": 3, "layers": 2, "out_hidden": 6},
+    "diagonal_bilstm": {"hidden": 3, "layers": 2, "out_hidden": 6},
 }
 
 
@@ -28,6 +32,8 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
     x = torch.rand(n, *model.shape, generator=g)
     if model.data_kind == "binary":
         x = torch.bernoulli(x, generator=g)
+    else:  # grey data arrives as 8-bit values / 255
+        x = torch.round(x * 255) / 255
     return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
 
 

@@ -148,8 +148,9 @@ def _sweep_serial(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
             if upstream is not None:
                 G.copy_(upstream[s:s + n].t().view(nb, K, n))
         for k in range(nb):
-            torch.mm(xtri[k], Wk[k], out=A2)
-            A.add_(a)
+            # A_j = a + sum_(i<j) x_i W_i for the block's K pixels, bias added in the matmul.
+            torch.baddbmm(a.expand(K, n, H), xtri[k].view(K, n, K), Wk[k].expand(K, K, H),
+                          out=A)
             A.sigmoid_()  # h (K, n, H)
             # (1, H) x (H, n) per pixel: the row-vector form is ~3x faster than (n, H) x (H, 1).
             torch.bmm(Vk[k], A.transpose(1, 2), out=L[k].unsqueeze(1))
