@@ -152,7 +152,7 @@ class Dataset:
         n = len(self)
         c, h, w = self.shape
         if self.binarize is None:
-            how = "grey values"
+            how = "grey values" if c == 1 else "colour values"
         elif self.binarize == "threshold":
             how = "threshold binarization (threshold 0.5: not comparable with published NLLs)"
         else:
