@@ -312,7 +312,10 @@ def _mnist_source() -> _Source:
         raise DataError(f"{bad} ({e})") from None
     try:
         (xtr, ytr), (xva, yva), (xte, yte) = parts
-        xs = [np.asarray(a, dtype=np.float32).reshape(-1, 1, 28, 28) for a in (xtr, xva, xte)]
+        # The pickle stores the 8-bit digits as k/256; k/255 is the original scale (255 = full
+        # ink), the one image files and IDX files give and the 256-level grid models expect.
+        xs = [np.round(np.asarray(a, dtype=np.float64) * 256).astype(np.float32)
+              .reshape(-1, 1, 28, 28) / 255 for a in (xtr, xva, xte)]
     except (TypeError, ValueError):
         raise DataError(f"{bad} (expected (train, valid, test) pairs of 784-pixel rows)") from None
     x = torch.from_numpy(np.concatenate(xs))  # (70000, 1, 28, 28)
