@@ -247,6 +247,14 @@ class _Source:
     resizable: bool = False  # True for image folders, which are resized to the asked shape
     cache_key: tuple[str, ...] | None = None  # set for sources kept in the in-process cache
     paths: list[str] | None = None  # image folders: file of each image, relative to the folder
+    # Binarization draws pixel ~ Bernoulli(p); p = x unless the source keeps the 8-bit value k
+    # over another denominator (MNIST: k/256, see _mnist_source).
+    levels_denominator: int | None = None
+
+    def bernoulli_p(self, x: torch.Tensor) -> torch.Tensor:
+        if self.levels_denominator is None:
+            return x
+        return torch.round(x * 255) / self.levels_denominator
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -312,8 +320,10 @@ def _mnist_source() -> _Source:
         raise DataError(f"{bad} ({e})") from None
     try:
         (xtr, ytr), (xva, yva), (xte, yte) = parts
-        # The pickle stores the 8-bit digits as k/256; k/255 is the original scale (255 = full
-        # ink), the one image files and IDX files give and the 256-level grid models expect.
+        # The pickle stores the 8-bit digits as k/256. Grey values use k/255, the original scale
+        # (255 = full ink) that IDX and image files give and 256-level models expect; binarized
+        # MNIST keeps p = k/256, the probabilities behind the literature's (and ANCHORS')
+        # numbers: levels_denominator below.
         xs = [np.round(np.asarray(a, dtype=np.float64) * 256).astype(np.float32)
               .reshape(-1, 1, 28, 28) / 255 for a in (xtr, xva, xte)]
     except (TypeError, ValueError):
@@ -329,6 +339,7 @@ def _mnist_source() -> _Source:
         bounds=_bounds(*(len(a) for a in xs)),
         classes=MNIST_CLASSES,
         cache_key=("mnist",),
+        levels_denominator=256,
     )
 
 
@@ -507,7 +518,8 @@ def _cached_source(key: tuple[str, ...]) -> _Source:
 @functools.lru_cache(maxsize=2)
 def _cached_static_bits(key: tuple[str, ...], seed: int) -> torch.Tensor:
     # The whole-source draw of MNIST takes ~1 s; stored as bool it costs 55 MB.
-    return _bernoulli_bits(_cached_source(key).x, _generator(seed))  # (N, C, H, W) bool
+    src = _cached_source(key)
+    return _bernoulli_bits(src.bernoulli_p(src.x), _generator(seed))  # (N, C, H, W) bool
 
 
 # ---- .npz arrays ----------------------------------------------------------------------------
@@ -946,11 +958,13 @@ def load(
         bits = (
             _cached_static_bits(src.cache_key, seed)
             if src.cache_key is not None
-            else _bernoulli_bits(src.x, _generator(seed))
+            else _bernoulli_bits(src.bernoulli_p(src.x), _generator(seed))
         )  # (N_all, C, H, W) bool
         x = bits[start:end].float()
     elif binarize == "threshold":
-        x = (src.x[start:end] > 0.5).float()
+        x = (src.bernoulli_p(src.x[start:end]) > 0.5).float()
+    elif binarize == "dynamic":  # the probabilities each batch's fresh draw uses
+        x = src.bernoulli_p(src.x[start:end].clone())
     else:
         x = src.x[start:end].clone()  # own copy: src.x may live in the cache
     y = src.y[start:end].clone() if src.y is not None else None
