@@ -8,11 +8,17 @@ from typing import Any
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.gan import GAN
+from genlab.models.made import MADE
 from genlab.models.nade import NADE
+from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
+from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
+from genlab.models.rnade import RNADE
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
-    cls.name: cls for cls in (Independent, Markov, FullJoint, NADE, VAE, GAN)
+    cls.name: cls
+    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, GAN, RowLSTM,
+                DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
 }
 
 
