@@ -85,7 +85,7 @@ def nll(
     method = (
         "exact"
         if model.exact
-        else ("importance-weighted estimate" + (f", k={kwargs['k']}" if "k" in kwargs else ""))
+        else (model.estimate + (f", k={kwargs['k']}" if "k" in kwargs else ""))
     )
     loss = None
     if not model.exact:

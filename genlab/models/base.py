@@ -36,6 +36,8 @@ class GenerativeModel(nn.Module):
     data_kind: ClassVar[str] = "binary"
     # True when log_prob is exact (autoregressive, baselines); False for estimates (VAE).
     exact: ClassVar[bool] = False
+    # What log_prob computes when it is not exact, as reports name it.
+    estimate: ClassVar[str] = "importance-weighted estimate"
     # Presets: {"cpu": {"model": {...config overrides}, "train": {...fit kwargs}}, "paper": {...}}.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"cpu": {}, "paper": {}}
 

@@ -177,6 +177,7 @@ class RNADE(GenerativeModel):
              "density-estimator (arXiv:1306.0186)")
     Config = RNADEConfig
     data_kind = "grey"
+    estimate = "dequantization bound on the 8-bit data (uniform noise, importance-weighted)"
     exact = False  # log_prob is a dequantization bound, not the exact discrete likelihood
     presets = {
         # Dequantized 8-bit MNIST, one core: mean training loss over steps 60-80 from the same
