@@ -188,7 +188,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     model = load(args.run)
     data = _run_data(args.run, args.data, args.split, args.limit)
-    kwargs = {} if model.exact else {"k": args.k}
+    # Estimated likelihoods use the model's own default sample count unless -k is given.
+    kwargs = {} if model.exact or args.k is None else {"k": args.k}
     report = nll(model, data, batch_size=args.batch_size, progress=not args.quiet, **kwargs)
     print(report)
     if args.json:
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
     s.add_argument(
-        "-k", type=_positive_int, default=5000, help="importance samples for latent models"
+        "-k", type=_positive_int, default=None,
+        help="samples for estimated likelihoods (default: the model's; VAE 5000, RNADE 1)",
     )
     s.add_argument("--batch-size", type=_positive_int, default=500)
     s.add_argument("--json", help="also write the report as JSON")

@@ -6,6 +6,7 @@ importance-weighted estimate (VAE), on which split and with which binarization.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,12 @@ class NLLReport:
         if self.loss is not None and not self.exact:
             s += f"; training loss (negative ELBO or IWAE bound) {self.loss:.2f} nats"
         return s
+
+
+def _default_k(model: GenerativeModel) -> int | None:
+    """The sample count a model's log_prob uses when none is given (None if it takes none)."""
+    param = inspect.signature(model.log_prob).parameters.get("k")
+    return param.default if param is not None else None
 
 
 def bits_per_dim(nats: float, n_dims: int) -> float:
@@ -85,7 +92,7 @@ def nll(
     method = (
         "exact"
         if model.exact
-        else (model.estimate + (f", k={kwargs['k']}" if "k" in kwargs else ""))
+        else (model.estimate + (f", k={k}" if (k := kwargs.get("k", _default_k(model))) else ""))
     )
     loss = None
     if not model.exact:
