@@ -106,6 +106,13 @@ class MaskedConv2d(nn.Conv2d):
         self.radius = r
 
     def forward(self, x: Tensor) -> Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
+        r, w = self.radius, self.weight * self.mask
+        if r == 0:  # 1x1: nothing to crop (a crop's backward zero-fills and copies the gradient)
+            return F.conv2d(x, w, self.bias)
+        if self.in_channels <= 4:
+            # On an image's few channels, built-in row padding ran 5x slower on one core than
+            # convolving the explicitly padded input (r rows on top only: no crop needed).
+            return F.conv2d(F.pad(x, (r, r, r, 0)), w, self.bias)
         # Padding r rows on both sides yields H + r rows; the first H are the causal outputs.
-        out = F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+        out = F.conv2d(x, w, self.bias, padding=self.padding)
         return out[:, :, : x.shape[2]]
