@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import matmul_peak  # noqa: E402
+from speed import best_time, make_step, matmul_peak, rate  # noqa: E402
 
 import genlab  # noqa: E402
 
@@ -76,36 +74,8 @@ def train_speed(loss_fn, params, batch: int, seconds: float, on_step=None,
     """(images/s, FLOPs per step) of full training steps on a fixed random binary batch."""
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.15), generator=g)
-    opt = torch.optim.Adam(params, lr=1e-3, **(settings or {}))
-    steps = 0
-
-    def step() -> None:
-        nonlocal steps
-        if on_step is not None:
-            on_step(steps)
-        steps += 1
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    step()  # warm-up
-    done, start = 0, time.perf_counter()
-    while done < 3 or time.perf_counter() - start < seconds:
-        step()
-        done += 1
-    return done * batch / (time.perf_counter() - start), counter.get_total_flops()
-
-
-def sample_time(sample, repeats: int = 3) -> float:
-    sample()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sample()
-        best = min(best, time.perf_counter() - start)
-    return best
+    step, flops = make_step(loss_fn, params, x, on_step, lr=1e-3, **(settings or {}))
+    return rate(step, batch, seconds, min_steps=3), flops
 
 
 def main() -> None:
@@ -153,9 +123,9 @@ def main() -> None:
                   f"{100 * gflops / peak:.0f}% |", flush=True)
     ours.eval()
     ensemble.eval()
-    slow = sample_time(lambda: plain.sample(64), repeats=1)
-    fast = sample_time(lambda: ours.sample(64))
-    mixed = sample_time(lambda: ensemble.sample(64))
+    slow = best_time(lambda: plain.sample(64), repeats=1)
+    fast = best_time(lambda: ours.sample(64))
+    mixed = best_time(lambda: ensemble.sample(64))
     print("\n| sampler (64 images) | seconds |\n|---|---|")
     print(f"| straightforward: one full forward pass per pixel | {slow:.3f} |")
     print(f"| genlab, incremental, 1 mask | {fast:.3f} ({slow / fast:.0f}x faster) |")

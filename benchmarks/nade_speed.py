@@ -12,10 +12,10 @@ iteration per pixel, autograd through all of them. Also prints the time to sampl
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from speed import best_time, make_step, rate
 from torch import Tensor, nn
 
 import genlab
@@ -47,29 +47,8 @@ def throughput(loss_fn, params, batch: int, seconds: float) -> float:
     """Images per second of full training steps (forward, backward, Adam)."""
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.15), generator=g)
-    opt = torch.optim.Adam(params, lr=1e-3)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    step()  # warm-up: allocations, thread pools
-    steps, start = 0, time.perf_counter()
-    while steps < 2 or time.perf_counter() - start < seconds:
-        step()
-        steps += 1
-    return steps * batch / (time.perf_counter() - start)
-
-
-def sample_time(model: genlab.models.GenerativeModel, n: int = 64, repeats: int = 5) -> float:
-    model.sample(n)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.sample(n)
-        best = min(best, time.perf_counter() - start)
-    return best
+    step, _ = make_step(loss_fn, params, x, lr=1e-3)
+    return rate(step, batch, seconds)
 
 
 def main() -> None:
@@ -93,7 +72,7 @@ def main() -> None:
         slow = throughput(loop.loss, loop.parameters(), batch, args.seconds)
         quick = throughput(fast_loss, fast.parameters(), batch, args.seconds)
         print(f"{batch:>6} {slow:>11.0f} {quick:>13.0f} {quick / slow:>8.1f}x")
-    print(f"sampling 64 images: {sample_time(fast) * 1e3:.1f} ms")
+    print(f"sampling 64 images: {best_time(lambda: fast.sample(64), repeats=5) * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from speed import matmul_peak
+from speed import make_step, matmul_peak, rate
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
 
@@ -115,33 +114,13 @@ class NewcomerGated(nn.Module):
 # ---- measurements ----------------------------------------------------------------------------
 
 
-def make_step(loss_fn, params, x: Tensor):
-    """A closure running one training step (forward, backward, Adam) on the batch x, and the
-    FLOPs of one step counted by torch's FLOP counter."""
-    opt = torch.optim.Adam(params, lr=1e-4)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    step()  # warm-up
-    return step, counter.get_total_flops()
-
-
 def interleaved_rates(steps: dict, batch: int, seconds: float, rounds: int) -> dict:
     """Images/s of each step closure: ``rounds`` alternating windows of seconds / rounds each,
     so drifting load on a shared machine hits all of them alike; the median window counts."""
     rates: dict = {k: [] for k in steps}
     for _ in range(rounds):
         for k, step in steps.items():
-            n, start = 0, time.perf_counter()
-            while n < 1 or time.perf_counter() - start < seconds / rounds:
-                step()
-                n += 1
-            rates[k].append(n * batch / (time.perf_counter() - start))
+            rates[k].append(rate(step, batch, seconds / rounds, min_steps=1))
     return {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
 
 

@@ -30,12 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import matmul_peak  # noqa: E402
+from speed import make_step, matmul_peak, rate  # noqa: E402
 
 # ---- the straightforward implementation ----------------------------------------------------------
 
@@ -142,21 +141,8 @@ class NaivePixelRNN(nn.Module):
 
 def train_speed(loss_fn, params, x: Tensor, seconds: float) -> tuple[float, float]:
     """(images/s, FLOPs per step) of forward + backward + Adam on batch x."""
-    opt = torch.optim.Adam(params, lr=1e-4)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    step()  # warm-up
-    n, start = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - start < seconds:
-        step()
-        n += 1
-    return n * len(x) / (time.perf_counter() - start), counter.get_total_flops()
+    step, flops = make_step(loss_fn, params, x)
+    return rate(step, len(x), seconds), flops
 
 
 def forward_time(fn, x: Tensor, repeats: int = 3) -> float:

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 import torch.nn.functional as F
-from speed import matmul_peak
+from speed import best_time, make_step, matmul_peak, rate
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
 
@@ -70,33 +68,11 @@ class LoopRNADE(nn.Module):
 
 
 def throughput(loss_fn, params, batch: int, seconds: float) -> tuple[float, float]:
-    """(images per second, seconds per step) of full training steps (forward, backward, Adam)."""
+    """(images per second, FLOPs per step) of full training steps (forward, backward, Adam)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, 1, 28, 28), generator=g).float() / 255
-    opt = torch.optim.Adam(params, lr=1e-3)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        opt.step()
-
-    step()  # warm-up: allocations, thread pools
-    steps, start = 0, time.perf_counter()
-    while steps < 2 or time.perf_counter() - start < seconds:
-        step()
-        steps += 1
-    elapsed = time.perf_counter() - start
-    return steps * batch / elapsed, elapsed / steps
-
-
-def sample_time(sample, n: int = 64, repeats: int = 3) -> float:
-    sample(n)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sample(n)
-        best = min(best, time.perf_counter() - start)
-    return best
+    step, flops = make_step(loss_fn, params, x, lr=1e-3)
+    return rate(step, batch, seconds), flops
 
 
 def main() -> None:
@@ -123,17 +99,14 @@ def main() -> None:
     print(f"{'batch':>6} {'loop img/s':>11} {'genlab img/s':>13} {'speed-up':>9} "
           f"{'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8}")
     for batch in args.batch:
-        x = torch.randint(0, 256, (batch, 1, 28, 28)).float() / 255
-        with FlopCounterMode(display=False) as counter:
-            fast_loss(x).backward()
-        gflop = counter.get_total_flops() / 1e9
         slow, _ = throughput(loop.loss, loop.parameters(), batch, args.seconds)
-        quick, step = throughput(fast_loss, fast.parameters(), batch, args.seconds)
-        rate = gflop / step
+        quick, flops = throughput(fast_loss, fast.parameters(), batch, args.seconds)
+        gflop = flops / 1e9
+        achieved = gflop * quick / batch  # GFLOP/s
         print(f"{batch:>6} {slow:>11.0f} {quick:>13.0f} {quick / slow:>8.1f}x "
-              f"{gflop:>11.2f} {rate:>8.1f} {100 * rate / peak:>7.1f}%")
+              f"{gflop:>11.2f} {achieved:>8.1f} {100 * achieved / peak:>7.1f}%")
     fast.eval()
-    ours, theirs = sample_time(fast.sample), sample_time(loop.sample)
+    ours, theirs = best_time(lambda: fast.sample(64)), best_time(lambda: loop.sample(64))
     print(f"sampling 64 images: loop {theirs * 1e3:.0f} ms, genlab {ours * 1e3:.0f} ms "
           f"({theirs / ours:.1f}x)")
     print(f"peak re-measured at the end: {matmul_peak():.0f} GFLOP/s")

@@ -36,6 +36,49 @@ def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
+def make_step(loss_fn, params, x: torch.Tensor, on_step=None, lr: float = 1e-4,
+              **adam) -> tuple:
+    """A closure running one training step (forward, backward, Adam) on the batch ``x``, and
+    the FLOPs of one step counted by torch's FLOP counter; one more step warms up.
+    ``on_step(i)`` runs before the i-th step (e.g. MADE's mask change)."""
+    opt = torch.optim.Adam(params, lr=lr, **adam)
+    count = 0
+
+    def step() -> None:
+        nonlocal count
+        if on_step is not None:
+            on_step(count)
+        count += 1
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x).backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step()  # warm-up: allocations, thread pools
+    return step, counter.get_total_flops()
+
+
+def rate(step, batch: int, seconds: float, min_steps: int = 2) -> float:
+    """Images per second of ``step`` over at least ``seconds`` and ``min_steps`` steps."""
+    n, start = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
+def best_time(fn, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn()``, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.Tensor]:
     x = torch.rand(n, *model.shape)
     if model.data_kind == "binary":
