@@ -29,6 +29,20 @@ def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.Ge
     return genlab.create(name, shape=shape, **TINY[name])
 
 
+def perturbed(name: str, shape: tuple[int, int, int], order: str | None = None,
+              noise: float = 1.0, seed: int = 0, **settings) -> genlab.models.GenerativeModel:
+    """A tiny model whose parameters are pushed well away from their initial values."""
+    torch.manual_seed(seed)
+    settings = {**TINY.get(name, {}), **settings}
+    if order is not None:
+        settings["ordering"] = order
+    model = genlab.create(name, shape=shape, **settings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return model
+
+
 def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, *model.shape, generator=g)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from conftest import perturbed
 
 import genlab
 from genlab.models import nade as nade_module
@@ -27,17 +27,7 @@ CHI2_15 = 37.70  # chi-square critical values at p = 0.001 for 15 and 3 degrees 
 CHI2_3 = 16.27
 
 
-def make(name, shape, order=None, noise=1.0, seed=0):
-    """A small model whose parameters are pushed well away from their initial values."""
-    torch.manual_seed(seed)
-    settings = dict(TINY.get(name, {}))
-    if order is not None:
-        settings["ordering"] = order
-    model = genlab.create(name, shape=shape, **settings)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn_like(p))
-    return model
+make = perturbed  # (name, shape, order=None, noise=1.0, seed=0)
 
 
 def every_image(shape):

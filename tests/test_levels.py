@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import perturbed
 
 import genlab
 from genlab.models.autoregressive import PixelAutoregressive
@@ -27,15 +27,7 @@ CHI2_8 = 26.12  # chi-square critical value at p = 0.001, 8 degrees of freedom
 
 
 def make(name, shape, levels, order=None, noise=0.7, seed=0, **extra):
-    torch.manual_seed(seed)
-    settings = {**TINY[name], "levels": levels, **extra}
-    if order is not None:
-        settings["ordering"] = order
-    model = genlab.create(name, shape=shape, **settings)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn_like(p))
-    return model
+    return perturbed(name, shape, order, noise, seed, levels=levels, **extra)
 
 
 def every_image(shape, levels):
