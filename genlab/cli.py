@@ -48,9 +48,10 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    print(f"{'model':<14} {'kind':<9} {'capabilities':<26} paper")
+    print(f"{'model':<14} {'log_prob':<9} {'capabilities':<26} paper")
     for name, cls in MODELS.items():
-        kind = "exact" if cls.exact else ("latent" if cls.has("log_prob") else "implicit")
+        # An estimate is a bound or importance-weighted value (VAE, RNADE's dequantization).
+        kind = "exact" if cls.exact else ("estimate" if cls.has("log_prob") else "none")
         print(f"{name:<14} {kind:<9} {', '.join(cls.capabilities()):<26} {cls.paper}")
 
 
