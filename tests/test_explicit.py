@@ -326,3 +326,21 @@ def test_nade_batch_split_over_threads_gives_the_same_gradients(monkeypatch):
         torch.set_num_threads(1)
         for a, b in zip(got, want, strict=True):
             assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_nade_flop_counter_sees_the_whole_sweep(monkeypatch):
+    """Benchmarks count FLOPs with a dispatch mode, which sees neither compiled code nor other
+    threads: under one, the sweep runs as Python in the calling thread, split or not."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = genlab.create("nade", shape=(1, 3, 5), hidden=7)
+    x = torch.bernoulli(torch.full((8, 1, 3, 5), 0.4))
+    counts = []
+    for share in (100, 2):  # one sweep, then four shares over two threads
+        monkeypatch.setattr(nade_module, "_MIN_SHARE", share)
+        torch.set_num_threads(2)
+        with FlopCounterMode(display=False) as counter:
+            model.loss({"x": x}, "model")[0].backward()
+        torch.set_num_threads(1)
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[0] == counts[1]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from genlab.models.autoregressive import PixelAutoregressive
 from genlab.nn import discrete_log_prob, discrete_sample
@@ -70,7 +71,7 @@ def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     """
     threads = torch.get_num_threads()
     parts = min(threads, xs.shape[0] // _MIN_SHARE)
-    if parts < 2:
+    if parts < 2 or _get_current_dispatch_mode() is not None:  # modes do not see other threads
         return _sweep_serial(xs, W, V, b, c, upstream, grads, need_x)
     cuts = [len(xs) * i // parts for i in range(parts + 1)]
     torch.set_num_threads(1)
@@ -109,9 +110,12 @@ def _sweep_serial(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     above all, without the GIL, so the batch shares of ``_sweep`` run truly in parallel.
     Called from autograd Functions and from worker threads, whose grad mode is their own.
     """
+    # Under a dispatch mode (torch's FLOP counter, tracing) run the Python walk, whose
+    # operations the mode can see; compiled code bypasses Python-level modes.
+    walk = _walk if _get_current_dispatch_mode() is not None else _walk_compiled()
     with torch.no_grad():
-        return _walk_compiled()(xs, W, V, b, c, upstream, grads, need_x,
-                                _block_size(xs.shape[1]), working_set or _WORKING_SET)
+        return walk(xs, W, V, b, c, upstream, grads, need_x, _block_size(xs.shape[1]),
+                    working_set or _WORKING_SET)
 
 
 @functools.cache
