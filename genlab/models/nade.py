@@ -74,6 +74,7 @@ def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     if parts < 2 or _get_current_dispatch_mode() is not None:  # modes do not see other threads
         return _sweep_serial(xs, W, V, b, c, upstream, grads, need_x)
     cuts = [len(xs) * i // parts for i in range(parts + 1)]
+    _walk_compiled()  # compile here, once, rather than racing to it in the worker threads
     torch.set_num_threads(1)
     try:
         futures = [
