@@ -48,11 +48,12 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    print(f"{'model':<14} {'log_prob':<9} {'capabilities':<26} paper")
+    w = max(map(len, MODELS))
+    print(f"{'model':<{w}} {'log_prob':<9} {'capabilities':<26} paper")
     for name, cls in MODELS.items():
         # An estimate is a bound or importance-weighted value (VAE, RNADE's dequantization).
         kind = "exact" if cls.exact else ("estimate" if cls.has("log_prob") else "none")
-        print(f"{name:<14} {kind:<9} {', '.join(cls.capabilities()):<26} {cls.paper}")
+        print(f"{name:<{w}} {kind:<9} {', '.join(cls.capabilities()):<26} {cls.paper}")
 
 
 def cmd_params(args: argparse.Namespace) -> None:
