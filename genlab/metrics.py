@@ -28,7 +28,7 @@ class NLLReport:
     exact: bool  # False for importance-weighted estimates
     data: str  # which data: source, split, binarization
     method: str  # "exact" or e.g. "importance-weighted estimate, k=5000"
-    loss: float | None = None  # the training loss on the data (VAE: a negative lower bound)
+    loss: float | None = None  # the training loss on the data (VAE: -ELBO or -IWAE bound)
 
     def __str__(self) -> str:
         s = (
@@ -36,7 +36,7 @@ class NLLReport:
             f"({self.method}) on {self.data}"
         )
         if self.loss is not None and not self.exact:
-            s += f"; training loss (negative ELBO or IWAE bound) {self.loss:.2f} nats"
+            s += f"; training objective on the same images {self.loss:.2f} nats"
         return s
 
 
