@@ -183,7 +183,8 @@ class RNADE(GenerativeModel):
         # Dequantized 8-bit MNIST, one core: mean training loss over steps 60-80 from the same
         # start was 2611 nats at lr 1e-4, ~3000 at 5e-4 and ~3400 at 2e-3 (noisy: the sharp
         # mixture components make larger steps unstable). 20 minutes (3318 steps, about 4
-        # epochs) reach a test bound of 1088 nats = 2.00 bits/dim, still falling.
+        # epochs) reached a test bound of 1088 nats = 2.00 bits/dim, still falling; a later
+        # 30-minute run (5432 steps) only 1136 nats = 2.09 bits/dim (unexplained so far).
         "cpu": {"model": {"hidden": 500, "components": 10},
                 "train": {"batch_size": 64, "lr": 1e-4, "schedule": "cosine",
                           "steps": 100_000, "patience": 8}},
