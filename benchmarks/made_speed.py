@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import best_time, make_step, matmul_peak, rate  # noqa: E402
+from speed import best_time, make_step, matmul_peak, parse_timing, rate  # noqa: E402
 
 import genlab  # noqa: E402
 
@@ -83,12 +83,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[500], help="layer widths")
     parser.add_argument("--batch", type=int, nargs="+", default=[100])
     parser.add_argument("--masks", type=int, default=8, help="masks of the ensemble rows")
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per row (best kept)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing(parser, seconds=5.0)
     torch.manual_seed(0)
     ours = genlab.create("made", shape=(1, 28, 28), hidden=tuple(args.hidden), masks=1)
     plain = PlainMADE(ours)

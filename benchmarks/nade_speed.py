@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from speed import best_time, make_step, rate
+from speed import best_time, make_step, parse_timing, rate
 from torch import Tensor, nn
 
 import genlab
@@ -54,11 +54,7 @@ def throughput(loss_fn, params, batch: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing(parser, seconds=5.0)
     torch.manual_seed(0)
     fast = genlab.create("nade", shape=(1, 28, 28), hidden=500)
     loop = LoopNADE()

@@ -21,12 +21,11 @@ For each model at its `cpu` preset on binary 1x28x28 images:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
-from speed import make_step, matmul_peak, rate
+from speed import machine_line, make_step, matmul_peak, parse_timing, rate
 from torch import Tensor, nn
 
 import genlab
@@ -146,18 +145,13 @@ def naive_sample_time(model: genlab.models.GenerativeModel, n: int, rows: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=["pixelcnn", "gated_pixelcnn"])
-    p.add_argument("--seconds", type=float, default=20.0, help="timing window per training rate")
     p.add_argument("--rounds", type=int, default=5, help="alternating windows per comparison")
     p.add_argument("--batch-size", type=int, help="override the presets' batch size")
     p.add_argument("--naive-rows", type=int, default=28,
                    help="time this many rows of the naive sampler and scale to 28 (default all)")
-    p.add_argument("--threads", type=int, help="torch threads (default: as set by the shell)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing(p, seconds=20.0)
     peak = matmul_peak()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; fp32 matmul peak (2048^3) {peak:.0f} GFLOP/s\n")
+    print(machine_line(peak) + "\n")
     rows, samples = [], []
     for name in args.models:
         torch.manual_seed(0)

@@ -22,7 +22,6 @@ estimate, marked "est."). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 import genlab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import make_step, matmul_peak, rate  # noqa: E402
+from speed import machine_line, make_step, matmul_peak, parse_timing, rate  # noqa: E402
 
 # ---- the straightforward implementation ----------------------------------------------------------
 
@@ -160,13 +159,9 @@ def main() -> None:
     p.add_argument("--hidden", type=int, help="h (default: the cpu preset's)")
     p.add_argument("--layers", type=int, help="LSTM layers (default: the cpu preset's)")
     p.add_argument("--batch", type=int, help="batch size (default: the cpu preset's)")
-    p.add_argument("--seconds", type=float, default=10.0, help="timing window per measurement")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_timing(p, seconds=10.0, threads=1)
     peak = matmul_peak()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} thread(s), torch "
-          f"{torch.__version__}; fp32 matmul peak (2048^3) {peak:.0f} GFLOP/s\n")
+    print(machine_line(peak) + "\n")
     print("| model | h | layers | batch | params | train img/s: ours | straightforward | "
           "speed-up | GFLOP/step (ours) | share of peak | sample 64: ours (s) | "
           "straightforward (s) |")

@@ -20,7 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from speed import best_time, make_step, matmul_peak, rate
+from speed import best_time, make_step, matmul_peak, parse_timing, rate
 from torch import Tensor, nn
 
 import genlab
@@ -78,13 +78,9 @@ def throughput(loss_fn, params, batch: int, seconds: float) -> tuple[float, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing(parser, seconds=5.0)
     torch.manual_seed(0)
     fast = genlab.create("rnade", shape=(1, 28, 28), hidden=args.hidden,
                          components=args.components)

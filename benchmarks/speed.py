@@ -36,6 +36,26 @@ def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
+def parse_timing(parser: argparse.ArgumentParser, seconds: float,
+                 threads: int | None = None) -> argparse.Namespace:
+    """Add the options every speed script shares (--seconds, --threads), parse the command
+    line and apply the thread count."""
+    parser.add_argument("--seconds", type=float, default=seconds,
+                        help=f"timing window per measurement (default {seconds:g})")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help=f"torch threads (default: {threads or 'all cores'})")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def machine_line(peak: float) -> str:
+    """What the numbers below were measured on, for the top of a script's output."""
+    return (f"machine: {platform.machine()}, {torch.get_num_threads()} thread(s), "
+            f"torch {torch.__version__}; fp32 matmul peak (2048^3) {peak:.0f} GFLOP/s")
+
+
 def make_step(loss_fn, params, x: torch.Tensor, on_step=None, lr: float = 1e-4,
               **adam) -> tuple:
     """A closure running one training step (forward, backward, Adam) on the batch ``x``, and
@@ -133,17 +153,10 @@ def measure(name: str, seconds: float, batch_size: int | None) -> dict[str, floa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="*", default=list(genlab.MODELS))
-    p.add_argument("--seconds", type=float, default=8.0, help="timing window per model")
     p.add_argument("--batch-size", type=int, help="override the presets' batch size")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing(p, seconds=8.0)
     peak = matmul_peak()
-    print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; fp32 matmul peak (2048^3) {peak:.0f} GFLOP/s"
-    )
+    print(machine_line(peak))
     print()
     print("| model | batch | train img/s | sample 64 (s) | GFLOP/step | GFLOP/s | share of peak |")
     print("|---|---|---|---|---|---|---|")
