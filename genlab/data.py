@@ -562,6 +562,10 @@ def _array_to_images(arr: np.ndarray, what: str) -> torch.Tensor:
 
 def _npz_source(path: Path) -> _Source:
     name = f"npz:{path.name}"
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # numpy would report a non-zip file as "pickled data", which misleads.
+        raise DataError(f"{name}: cannot read as .npz (not a zip archive of .npy arrays, "
+                        "as numpy.savez writes)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

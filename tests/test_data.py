@@ -216,6 +216,12 @@ def test_npz_uint8_round_trip(tmp_path: Path) -> None:
     assert len(load(tmp_path / "foo.npz", "train", limit=7)) == 7
 
 
+def test_npz_that_is_not_a_zip_archive_says_so(tmp_path: Path) -> None:
+    (tmp_path / "junk.npz").write_text("not an archive")
+    with pytest.raises(DataError, match="not a zip archive"):
+        load(tmp_path / "junk.npz", "all")
+
+
 def test_npz_float_layouts(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     nhwc = rng.random((20, 4, 5, 3), dtype=np.float32)
