@@ -162,10 +162,37 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     model = load(args.run)
     torch.manual_seed(args.seed)
-    x = model.sample(args.n)
-    out = Path(args.out or Path(args.run) / "samples.png")
-    save_grid(x, out)
-    print(f"wrote {args.n} samples to {out}")
+    if args.complete is None:
+        x = model.sample(args.n)
+        out = Path(args.out or Path(args.run) / "samples.png")
+        save_grid(x, out)
+        print(f"wrote {args.n} samples to {out}")
+        return
+    import time
+
+    from genlab.completion import region_mask
+    from genlab.data import binarize
+    from genlab.images import read_image, save_completions
+
+    source, k = Path(args.complete), args.n_completions
+    if source.is_file() and source.suffix.lower() != ".npz":  # one image file
+        x = read_image(source, model.shape)
+        mode = read_config(args.run).get("train", {}).get("data", {}).get("binarize")
+        if model.data_kind == "binary" and not bool(((x == 0) | (x == 1)).all()):
+            x = binarize(x, mode or "threshold", torch.Generator().manual_seed(args.seed))
+    else:  # a folder, .npz or data set, prepared as the run's data (binarization, shape)
+        split = args.split or ("all" if source.exists() else "test")
+        x = _run_data(args.run, args.complete, split, args.limit).x[: args.limit]
+    given = region_mask(args.mask, model.shape, len(x), torch.Generator().manual_seed(args.seed))
+    start = time.perf_counter()
+    filled = model.sample(len(x) * k, cond={"x": x.repeat_interleave(k, 0),
+                                            "mask": given.repeat_interleave(k, 0)},
+                          sweeps=args.sweeps, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    out = Path(args.out or Path(args.run) / "completions.png")
+    save_completions(x, given, filled.view(len(x), k, *model.shape), out)
+    print(f"wrote {k} completions of each of {len(x)} images (hidden: {args.mask}) to {out} "
+          f"in {seconds:.1f} s")
 
 
 def _run_data(run: str, source: str | None, split: str, limit: int | None) -> Any:
@@ -280,11 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("sample", help="write a grid of samples")
+    s = sub.add_parser("sample", help="write a grid of samples, or of completions")
     s.add_argument("run")
     s.add_argument("-n", type=_positive_int, default=64)
-    s.add_argument("--out")
+    s.add_argument("--out", help="default RUN/samples.png, or RUN/completions.png")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--complete", metavar="IMAGES",
+        help="complete these images instead: an image file, a folder, .npz or data set name",
+    )
+    s.add_argument(
+        "--mask", default="bottom",
+        help="the part to hide and redraw: bottom, top, left, right, random:P or a mask "
+        "image (white = hidden); default bottom",
+    )
+    s.add_argument("--n-completions", type=_positive_int, default=4, help="per image (4)")
+    s.add_argument(
+        "--sweeps", type=int,
+        help="MCMC sweeps for masks the model cannot complete exactly (default: the model's)",
+    )
+    s.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="of a data set (default test; all for a folder)")
+    s.add_argument("--limit", type=_positive_int, default=8, help="images to complete (8)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("eval", help="test NLL in nats and bits/dim")

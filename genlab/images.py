@@ -1,4 +1,4 @@
-"""Image grids: what a person looks at after training or sampling."""
+"""Image grids: what a person looks at after training, sampling or completing; image files in."""
 
 from __future__ import annotations
 
@@ -43,3 +43,49 @@ def save_grid(
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     atomic_write(path, lambda p: img.save(p, format="PNG"))
     return path
+
+
+# Hidden pixels are shown blended half-way with this colour, so the mask is visible on any image
+# (black, white or colour) and what was hidden still shows through.
+HIDDEN_TINT = (0.15, 0.45, 1.0)
+
+
+def _rgb(x: Tensor) -> Tensor:
+    """(N, 1 or 3, H, W) -> (N, 3, H, W) float."""
+    return x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
+
+
+def tinted(x: Tensor, given: Tensor) -> Tensor:
+    """RGB images (N, 3, H, W): ``x`` (N, C, H, W) with the pixels not ``given`` (bool, same
+    shape) blended with HIDDEN_TINT. A pixel counts as hidden if any of its channels is."""
+    rgb = _rgb(x)
+    hidden = (~given).any(1, keepdim=True)  # (N, 1, H, W)
+    tint = torch.tensor(HIDDEN_TINT).view(1, 3, 1, 1)
+    return torch.where(hidden, 0.5 * rgb + 0.5 * tint, rgb)
+
+
+def save_completions(x: Tensor, given: Tensor, completions: Tensor,
+                     path: str | os.PathLike) -> Path:
+    """One row per input: the input ``x`` (N, C, H, W) with its hidden part tinted (``given``
+    bool, True = given), then its k ``completions`` (N, k, C, H, W)."""
+    n, k = completions.shape[:2]
+    filled = _rgb(completions.flatten(0, 1)).view(n, k, 3, *x.shape[2:])
+    rows = torch.cat([tinted(x, given).unsqueeze(1), filled], 1)  # (N, 1 + k, 3, H, W)
+    return save_grid(rows.flatten(0, 1), path, nrow=k + 1)
+
+
+def read_image(path: str | os.PathLike, shape: tuple[int, int, int]) -> Tensor:
+    """One image file as (1, C, H, W) in [0, 1]: grey for C = 1, RGB for C = 3, resized to
+    (H, W) like image folders are. A clear error for a file that is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if c == 1 else "RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), getattr(Image, "Resampling", Image).BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8).reshape(h, w, -1)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255).unsqueeze(0)

@@ -41,7 +41,9 @@ def levels_index(x: Tensor, levels: int) -> Tensor:
 def off_grid(x: Tensor, levels: int) -> bool:
     """True when some value of ``x`` is outside [0, 1] or not on the ``levels`` grid."""
     scaled = x.double() * (levels - 1)
-    return bool(((scaled - scaled.round()).abs() > 1e-3).any() or (x < 0).any() or (x > 1).any())
+    # Written as "not all on the grid" so that NaN, which fails every comparison, is off it.
+    on = ((scaled - scaled.round()).abs() <= 1e-3) & (x >= 0) & (x <= 1)
+    return not bool(on.all())
 
 
 def discrete_log_prob(logits: Tensor, x: Tensor, levels: int) -> Tensor:

@@ -53,13 +53,14 @@ def ordering(name: str, n: int, seed: int = 0, width: int | None = None,
 
 
 def split_cond(cond: dict[str, Tensor] | None, n: int, shape: tuple[int, int, int],
-               device: torch.device | None = None, levels: int = 2
+               device: torch.device | None = None, levels: int | None = 2
                ) -> tuple[Tensor, Tensor] | None:
     """Check a completion request and flatten it: ``(given (n, D) float, known (n, D) bool)``.
 
     ``cond = {"x": partial images (n, C, H, W), "mask": (n, C, H, W) bool, True = given}``.
     ``None`` means unconditional sampling. Values under ``mask`` must be 0 or 1, or on the grid
-    k / (levels - 1) for a model of ``levels`` grey levels.
+    k / (levels - 1) for a model of ``levels`` grey levels; ``levels=None`` leaves the values
+    to the caller's own check.
     """
     if cond is None:
         return None
@@ -74,7 +75,7 @@ def split_cond(cond: dict[str, Tensor] | None, n: int, shape: tuple[int, int, in
         raise ValueError(f"cond['mask'] must be a bool tensor, got {mask.dtype}")
     known = mask.reshape(n, -1).to(device)
     given = x.reshape(n, -1).to(device=device, dtype=torch.float32)
-    if off_grid(given[known], levels):
+    if levels is not None and off_grid(given[known], levels):
         allowed = "0 or 1" if levels == 2 else f"values k/{levels - 1} in [0, 1]"
         raise ValueError(f"the given pixels (cond['x'] where mask is True) must be {allowed}")
     return torch.where(known, given, torch.zeros_like(given)), known

@@ -7,6 +7,10 @@ unless the model supports other orderings). From that this base class derives th
 Models with a faster sampler override ``sample`` and are tested against ``reference_sample``:
 fed the same uniforms ``u``, both must give the same images.
 
+Completion: ancestral sampling copies given sub-pixels in as it reaches them, which is the exact
+conditional when they come first in ``order`` (``completes_exactly``); other masks go on to the
+shared Gibbs sweeps of genlab.completion, started from that draw.
+
 Values: ``levels`` = 2 models binary images ({0, 1}, Bernoulli logits (B, C, H, W)); ``levels``
 = K > 2 models grey/colour levels k / (K - 1) with a K-way softmax, logits (B, K, C, H, W).
 """
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genlab.completion import is_prefix
 from genlab.models.base import GenerativeModel
 from genlab.nn import discrete_log_prob, discrete_sample, off_grid
 from genlab.orderings import ordering, split_cond
@@ -55,6 +60,9 @@ class PixelAutoregressive(GenerativeModel):
         """Exact log p(x) in nats per image, (B,) float64."""
         self.check_input(x)
         return discrete_log_prob(self.logits(x), x, self.levels)
+
+    def completes_exactly(self, known: Tensor, cond: dict[str, Any]) -> Tensor:
+        return is_prefix(known, self.order.unsqueeze(0))
 
     def uniforms(self, n: int) -> Tensor:
         """The random numbers one draw of ``n`` images consumes, (n, C, H, W)."""

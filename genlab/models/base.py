@@ -5,6 +5,12 @@ A model is an ``nn.Module`` with a config dataclass, a registry name and one or 
 ``parameters_for``, ``optimizer_settings`` and ``loss``; everything model-specific stays in the
 model's own file. Capabilities (``log_prob``, ``encode``) exist only where a subclass defines
 them; on the others the base methods raise :class:`Unsupported` naming the models that have it.
+
+Completion (``sample(n, cond={"x", "mask"})``) is shared: every subclass's own ``sample`` is its
+plain sampler (copying given pixels in as it reaches them) and is wrapped, when the class is
+created, by :func:`genlab.completion.completing`. That wrapper keeps the model's draw for the
+rows ``completes_exactly`` vouches for and runs ``mcmc_completion`` (Gibbs sweeps on
+``log_prob`` unless the model brings its own kernel) on the others.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from genlab.completion import DEFAULT_SWEEPS, Request, completing, gibbs
 
 
 class Unsupported(NotImplementedError):
@@ -40,6 +48,15 @@ class GenerativeModel(nn.Module):
     estimate: ClassVar[str] = "importance-weighted estimate"
     # Presets: {"cpu": {"model": {...config overrides}, "train": {...fit kwargs}}, "paper": {...}}.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"cpu": {}, "paper": {}}
+
+    # MCMC sweeps of a completion whose mask the model cannot complete exactly (``sample``'s
+    # ``sweeps`` overrides it; see genlab.completion for what a sweep costs).
+    completion_sweeps: ClassVar[int] = DEFAULT_SWEEPS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sample" in cls.__dict__:  # each class's own sampler, once: completion for free
+            cls.sample = completing(cls.__dict__["sample"])  # type: ignore[method-assign]
 
     def __init__(self, shape: tuple[int, int, int], config: Any) -> None:
         super().__init__()
@@ -97,6 +114,22 @@ class GenerativeModel(nn.Module):
         class labels come as ``"y"`` and other conditions under their batch keys.
         """
         raise NotImplementedError
+
+    # ---- completion (see genlab.completion) -------------------------------------------------
+    def completes_exactly(self, known: Tensor, cond: dict[str, Any]) -> Tensor:
+        """(n,) bool: rows whose given sub-pixels ``known`` (n, D) this model's own ``sample``
+        completes from the exact conditional. By default only rows with nothing given."""
+        return ~known.any(1)
+
+    def mcmc_completion(self, x: Tensor, request: Request, **options: Any) -> Tensor:
+        """The rows ``x`` (B, C, H, W) that ``sample`` drew, moved towards p(hidden | given) by
+        ``request.sweeps`` MCMC sweeps; by default Gibbs sweeps on ``log_prob`` over the
+        model's ``levels`` values per sub-pixel (2 for binary models)."""
+        levels = getattr(self, "levels", 2 if self.data_kind == "binary" else None)
+        if levels is None:
+            raise Unsupported(f"{self.name}: Gibbs completion needs a finite set of values per "
+                              "sub-pixel (a `levels` attribute); override mcmc_completion")
+        return gibbs(self, x, request, int(levels))
 
     # ---- optional capabilities -------------------------------------------------------------
     def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:

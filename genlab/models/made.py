@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.completion import is_prefix
 from genlab.models.autoregressive import PixelAutoregressive
 from genlab.nn import discrete_sample, levels_index
 from genlab.orderings import ordering
@@ -253,15 +254,20 @@ class MADE(PixelAutoregressive):
 
         With ``cond``, each image's mask is drawn with probability proportional to p_k of the
         given sub-pixels that precede the first missing one in mask k's ordering: exact when
-        the given sub-pixels come first in every mask's ordering, the usual autoregressive
-        approximation otherwise. ``mask_ids`` (n,) fixes the masks (e.g. to compare with
-        ``reference_sample`` under the current mask); ``u`` (n, C, H, W) are the uniforms.
+        the given sub-pixels come first in every mask's ordering (``completes_exactly``); for
+        other masks this draw starts the Gibbs sweeps of genlab.completion. ``mask_ids`` (n,)
+        fixes the masks (e.g. to compare with ``reference_sample`` under the current mask);
+        ``u`` (n, C, H, W) are the uniforms.
         """
         u = self.uniforms(n) if u is None else u
         parts = self.given(n, cond)
         if mask_ids is None:
             mask_ids = self._choose_masks(n, parts)
         return self._ancestral(parts, u, mask_ids.to(self.orders.device))
+
+    def completes_exactly(self, known: Tensor, cond: dict[str, Any]) -> Tensor:
+        # p(mask k | given) is then the normalised p_k(given), so the mixture is exact.
+        return is_prefix(known, self.orders)
 
     def _choose_masks(self, n: int, parts: tuple[Tensor, Tensor] | None) -> Tensor:
         k = len(self.orders)

@@ -428,6 +428,13 @@ class GatedPixelCNN(_CachedPixelModel):
         nll = -self.log_prob(batch["x"], y).mean()
         return nll, {"nll": float(nll.detach())}
 
+    def completes_exactly(self, known: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        # Without labels the sampler draws y uniformly, not from p(y | given): only the
+        # unconditional model, or given labels, make a prefix exact. (Gibbs on the marginal
+        # log_prob handles the rest.)
+        exact = super().completes_exactly(known, cond)
+        return exact if self.classes == 0 or cond.get("y") is not None else exact & ~known.any(1)
+
     def _split_cond(self, n: int, cond: dict[str, Tensor] | None
                     ) -> tuple[Tensor | None, dict[str, Tensor] | None]:
         """cond -> (labels (n,) or None, the completion part {"x", "mask"} or None)."""

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from genlab.completion import Request, categorical, is_prefix, progress_bar
 from genlab.models.base import GenerativeModel
 from genlab.nn import levels_index, off_grid
 from genlab.orderings import ordering, split_cond
@@ -228,12 +229,17 @@ class RNADE(GenerativeModel):
         log_scale = F.softplus(s - floor) + floor  # log(min_scale + exp(s)), stably
         return F.log_softmax(logits, dim=2), means, log_scale
 
+    def _per_pixel(self, ys: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """log p(y_d | y_<d) (D, B) and the mixtures (``_mixture``), ys (D, B) in order."""
+        mixture = self._mixture(ys)
+        log_w, means, log_scale = mixture
+        z = (ys.unsqueeze(2) - means) * torch.exp(-log_scale)
+        per = torch.logsumexp(log_w - 0.5 * z * z - log_scale, dim=2) - 0.5 * _LOG_2PI
+        return per, mixture
+
     def _log_density(self, ys: Tensor) -> Tensor:
         """log p(y) (B,) in float64, from ys (D, B) in the model's order."""
-        log_w, means, log_scale = self._mixture(ys)
-        z = (ys.unsqueeze(2) - means) * torch.exp(-log_scale)
-        per = torch.logsumexp(log_w - 0.5 * z * z - log_scale, dim=2) - 0.5 * _LOG_2PI  # (D, B)
-        return per.double().sum(0)
+        return self._per_pixel(ys)[0].double().sum(0)
 
     def _ordered(self, y: Tensor) -> Tensor:
         return y.reshape(y.shape[0], -1)[:, self.order].t().to(self.W.dtype)  # (D, B)
@@ -292,6 +298,9 @@ class RNADE(GenerativeModel):
 
         Returns images on the 256-level grid, or y itself with ``continuous=True``. Given pixels
         (``cond``, values k/255) enter the later conditionals as their bin centres (k + 1/2)/256.
+        What completion samples: y_hidden ~ p(y_hidden | y_given = those centres), quantised
+        like any sample. The given pixels first in the ordering make this draw exact; for other
+        masks it starts ``mcmc_completion``.
         """
         W, c, rho, V, b = self.W, self.c, self.rho, self.V, self.b
         d, k, dt = self.n_pixels, self.config.components, W.dtype
@@ -321,3 +330,55 @@ class RNADE(GenerativeModel):
         if continuous:
             return y.float()
         return (torch.floor(y * _BINS).clamp_(0, _BINS - 1) / (_BINS - 1)).float()
+
+    # ---- completion ----------------------------------------------------------------------------
+    def completes_exactly(self, known: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        return is_prefix(known, self.order.unsqueeze(0))
+
+    @torch.no_grad()
+    def mcmc_completion(self, x: Tensor, request: Request, continuous: bool = False,
+                        **options: object) -> Tensor:
+        """Metropolis-within-Gibbs on y for the hidden pixels, target p(y_h | y_g = centres).
+
+        There is no finite set of values to enumerate, so each hidden pixel i in turn proposes
+        y_i' from its own conditional p(y_i | y_<i) (the mixture ancestral sampling draws from)
+        and accepts with probability min(1, prod_(j after i) p(y'_j | y'_<j) / p(y_j | y_<j)):
+        the Metropolis-Hastings ratio p(y') q(y_i) / (p(y) q(y_i')), where the terms up to i
+        cancel. The proposal does not depend on y_i and has full support, so every update
+        leaves the target invariant and the chain converges to it (Tierney 1994, Markov chains
+        for exploring posterior distributions). Each update costs one density evaluation of
+        the chains. ``x`` (B, C, H, W): the ancestral draws (y itself with ``continuous``).
+        """
+        b, d = len(x), self.n_pixels
+        dt = self.W.dtype
+        known = request.known[:, self.order].t()  # (D, B) in the model's order
+        centres = (levels_index(request.given, _BINS).to(dt) + 0.5) / _BINS  # (B, D)
+        start = x.reshape(b, d).to(dt)
+        if not continuous:  # a grid value stands for its bin: start from the centre
+            start = (levels_index(start, _BINS).to(dt) + 0.5) / _BINS
+        ys = torch.where(request.known, centres, start)[:, self.order].t().contiguous()  # (D, B)
+        per, (log_w, means, log_scale) = self._per_pixel(ys)  # (D, B), (D, B, K) x 3
+        positions = (~known).any(1).nonzero().squeeze(1).tolist()
+        with progress_bar(request, len(positions), "Metropolis-within-Gibbs") as bar:
+            for _ in range(request.sweeps):
+                for i in positions:
+                    rows = (~known[i]).nonzero().squeeze(1)  # (R,) chains where i is hidden
+                    comp = categorical(log_w[i, rows].double()).unsqueeze(1)  # (R, 1)
+                    mean = means[i, rows].gather(1, comp).squeeze(1)
+                    scale = log_scale[i, rows].gather(1, comp).squeeze(1).exp()
+                    prop = ys[:, rows].clone()  # (D, R)
+                    prop[i] = mean + scale * torch.randn_like(mean)
+                    per_p, mix_p = self._per_pixel(prop)
+                    log_ratio = (per_p[i + 1:].double().sum(0)
+                                 - per[i + 1:, rows].double().sum(0))  # (R,)
+                    take = torch.rand_like(log_ratio).log() < log_ratio
+                    moved = rows[take]
+                    ys[:, moved], per[:, moved] = prop[:, take], per_p[:, take]
+                    for old, new in zip((log_w, means, log_scale), mix_p, strict=True):
+                        old[:, moved] = new[:, take]
+                    bar.update(1)
+        y = ys.t()[:, self.inverse].reshape(x.shape)
+        if continuous:
+            return y.float()
+        grid = (torch.floor(y * _BINS).clamp_(0, _BINS - 1) / (_BINS - 1)).float()
+        return torch.where(request.known.view(x.shape), request.given.view(x.shape), grid)
