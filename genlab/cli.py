@@ -192,7 +192,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out or Path(args.run) / "completions.png")
     save_completions(x, given, filled.view(len(x), k, *model.shape), out)
     print(f"wrote {k} completions of each of {len(x)} images (hidden: {args.mask}) to {out} "
-          f"in {seconds:.1f} s")
+          f"in {seconds:.2f} s")
 
 
 def _run_data(run: str, source: str | None, split: str, limit: int | None) -> Any:

@@ -416,9 +416,16 @@ def test_cli_writes_a_completion_grid(tmp_path, capsys):
                      "--n-completions", "3", "--sweeps", "2", "--out", str(out)])
         captured = capsys.readouterr()
         assert code == 0, captured.err
-        img = np.asarray(Image.open(out).convert("RGB"))
-        rows = 1 if source.is_file() else 3
-        assert img.shape[0] > img.shape[1] * rows / 5  # one row per input, 1 + 3 columns
+        img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+        rows, cell, scale = (1 if source.is_file() else 3), 6 + 2, 512 // (4 * 8 + 2)
+        # One row per input: the input, then 3 completions; 2-pixel borders; upscaled.
+        assert img.shape == ((rows * cell + 2) * scale, (4 * cell + 2) * scale, 3)
+        first = img[2 * scale:(2 + 6) * scale, 2 * scale:(2 + 6) * scale]  # input 0
+        blue = first[..., 2] > first[..., 0]  # the tint marks the hidden pixels
+        if spec == "bottom":
+            assert blue[3 * scale:].all() and not blue[:3 * scale].any()
+        completed = img[2 * scale:(2 + 6) * scale, (2 + cell) * scale:(2 + cell + 6) * scale]
+        assert (completed[..., 0] == completed[..., 2]).all()  # completions are not tinted
         assert "completions" in captured.out
     code = main(["sample", str(tmp_path / "run"), "--complete", str(folder), "--mask", "middle",
                  "--out", str(tmp_path / "x.png")])
