@@ -177,12 +177,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
     source, k = Path(args.complete), args.n_completions
     if source.is_file() and source.suffix.lower() != ".npz":  # one image file
         x = read_image(source, model.shape)
-        mode = read_config(args.run).get("train", {}).get("data", {}).get("binarize")
-        if model.data_kind == "binary" and not bool(((x == 0) | (x == 1)).all()):
-            x = binarize(x, mode or "threshold", torch.Generator().manual_seed(args.seed))
     else:  # a folder, .npz or data set, prepared as the run's data (binarization, shape)
         split = args.split or ("all" if source.exists() else "test")
         x = _run_data(args.run, args.complete, split, args.limit).x[: args.limit]
+    # Grey inputs for a binary model (an image file, "dynamic" data): one draw, as the run's
+    # binarization makes it; other grey levels are rounded to the model's grid.
+    levels = 2 if model.data_kind == "binary" else getattr(model, "levels", 256)
+    if model.data_kind == "binary" and not bool(((x == 0) | (x == 1)).all()):
+        mode = read_config(args.run).get("train", {}).get("data", {}).get("binarize")
+        x = binarize(x, mode or "static", torch.Generator().manual_seed(args.seed))
+    elif levels > 2:
+        x = torch.round(x * (levels - 1)) / (levels - 1)
     given = region_mask(args.mask, model.shape, len(x), torch.Generator().manual_seed(args.seed))
     start = time.perf_counter()
     filled = model.sample(len(x) * k, cond={"x": x.repeat_interleave(k, 0),

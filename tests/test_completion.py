@@ -396,20 +396,24 @@ def test_sample_keeps_its_signature_and_docstring():
 
 # ---- the command line ----------------------------------------------------------------------------
 
-def test_cli_writes_a_completion_grid(tmp_path, capsys):
+@pytest.mark.parametrize(("name", "settings"), [
+    ("nade", {"hidden": 8}), ("nade", {"hidden": 8, "levels": 4}),
+    ("rnade", {"hidden": 8, "components": 3})], ids=["binary", "4 levels", "rnade"])
+def test_cli_writes_a_completion_grid(tmp_path, capsys, name, settings):
     from genlab.cli import main
 
-    model = perturbed("nade", (1, 6, 6), hidden=8)
+    model = perturbed(name, (1, 6, 6), **settings)
     model.save(tmp_path / "run")
     folder = tmp_path / "digits"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(((rng.random((6, 6)) > 0.5) * 255).astype(np.uint8)).save(
-            folder / f"{i}.png")
+    for i in range(3):  # binary pictures for binary models, any grey for the others
+        grey = rng.integers(0, 256, (6, 6)) if model.data_kind == "grey" else (
+            (rng.random((6, 6)) > 0.5) * 255)
+        Image.fromarray(grey.astype(np.uint8)).save(folder / f"{i}.png")
     Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(3), (6, 1))).save(
         tmp_path / "mask.png")  # the right half white: hidden
-    for source, spec in ((folder, "bottom"), (folder / "1.png", "random:0.5"),
+    for source, spec in ((folder, "bottom"), (folder, "top"), (folder / "1.png", "random:0.5"),
                          (folder, str(tmp_path / "mask.png"))):
         out = tmp_path / "grid.png"
         code = main(["sample", str(tmp_path / "run"), "--complete", str(source), "--mask", spec,
@@ -421,10 +425,13 @@ def test_cli_writes_a_completion_grid(tmp_path, capsys):
         # One row per input: the input, then 3 completions; 2-pixel borders; upscaled.
         assert img.shape == ((rows * cell + 2) * scale, (4 * cell + 2) * scale, 3)
         first = img[2 * scale:(2 + 6) * scale, 2 * scale:(2 + 6) * scale]  # input 0
-        blue = first[..., 2] > first[..., 0]  # the tint marks the hidden pixels
-        if spec == "bottom":
-            assert blue[3 * scale:].all() and not blue[:3 * scale].any()
         completed = img[2 * scale:(2 + 6) * scale, (2 + cell) * scale:(2 + cell + 6) * scale]
+        blue = first[..., 2] > first[..., 0]  # the tint marks the hidden pixels
+        if spec in ("bottom", "top"):
+            given = slice(None, 3 * scale) if spec == "bottom" else slice(3 * scale, None)
+            hidden = slice(3 * scale, None) if spec == "bottom" else slice(None, 3 * scale)
+            assert blue[hidden].all() and not blue[given].any()
+            assert (completed[given] == first[given]).all()  # given pixels kept
         assert (completed[..., 0] == completed[..., 2]).all()  # completions are not tinted
         assert "completions" in captured.out
     code = main(["sample", str(tmp_path / "run"), "--complete", str(folder), "--mask", "middle",
