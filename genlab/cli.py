@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import torch
 
 from genlab.data import load as load_data
 from genlab.models import MODELS, create, load
-from genlab.models.base import read_config
+from genlab.models.base import RunError, read_config
+from genlab.train import Interrupted, parse_interval
 
 
 def _parse_value(text: str) -> Any:
@@ -47,6 +49,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number, 0 allowed (0 turns the thing off)."""
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _interval(text: str) -> str:
+    """argparse type for --ckpt-every: steps, a duration or both (checked, kept as text)."""
+    try:
+        parse_interval(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     w = max(map(len, MODELS))
     print(f"{'model':<{w}} {'log_prob':<9} {'capabilities':<26} paper")
@@ -62,28 +78,62 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(format_param_table(args.pixels))
 
 
+# Training flags --resume takes over (an extended budget, a lower learning rate...); the
+# others shape the data, the model or its batches, so resume refuses to change them.
+_RESUMABLE = (
+    "lr", "clip", "steps", "time_budget", "patience", "val_every", "ckpt_every", "sample_every",
+    "sample_n", "schedule",
+)  # fmt: skip
+
+
 def _train_settings(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Preset training settings, overridden by the flags the user gave."""
     settings = dict(cls.presets.get(args.preset, {}).get("train", {}))
-    for key in (
-        "batch_size",
-        "lr",
-        "steps",
-        "clip",
-        "seed",
-        "schedule",
-        "binarize",
-        "patience",
-        "val_every",
-    ):
+    settings.setdefault("sample_every", 500)
+    for key in ("batch_size", "seed", "binarize", *_RESUMABLE):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    if args.time_budget is not None:
-        settings["time_budget"] = args.time_budget
-        if args.steps is None:
-            settings.pop("steps", None)  # a time budget given alone replaces the preset's steps
+    if args.time_budget is not None and args.steps is None:
+        settings.pop("steps", None)  # a time budget given alone replaces the preset's steps
     return settings
+
+
+def _resume_settings(args: argparse.Namespace, out: Path) -> tuple[Any, dict, dict]:
+    """The stored run (model, "train" config, fit settings) with the flags --resume may change;
+    one line refusing those it may not, unless they repeat the stored value."""
+    stored = read_config(out)
+    run = stored.get("train", {})
+    settings, data = dict(run.get("fit", {})), run.get("data", {})
+    fixed = {
+        "model": (args.model, stored.get("model")),
+        "--data": (args.data, data.get("source")),
+        "--preset": (args.preset, run.get("preset")),
+        "--binarize": (args.binarize, data.get("binarize")),
+        "--batch-size": (args.batch_size, settings.get("batch_size")),
+        "--seed": (args.seed, data.get("seed", settings.get("seed"))),
+        "--limit": (args.limit, data.get("limit")),
+    }
+    refused = [
+        f"{flag} {new} (the run has {old})"
+        for flag, (new, old) in fixed.items()
+        if new is not None and new != old
+    ]
+    config = stored.get("model_config", {})
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if config.get(key, object()) != _parse_value(value):
+            refused.append(f"--set {kv} (the run has {key}={config.get(key)})")
+    if refused:
+        raise ValueError(
+            f"--resume continues {out} as it was built and fed: drop {'; '.join(refused)}, "
+            "or train a new run with another --out"
+        )
+    for key in _RESUMABLE:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
+    return model, run, settings
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -91,18 +141,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = Path(args.out or f"runs/{args.model}")
     if args.resume:
-        stored = read_config(out)
-        model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
-        run = stored["train"]
-        settings = run["fit"]
-        for key in ("steps", "time_budget"):  # the budget may be extended on resume
-            if getattr(args, key) is not None:
-                settings[key] = getattr(args, key)
-        data_cfg = run["data"]
+        model, run, settings = _resume_settings(args, out)
+        data_cfg = run.get("data")
+        if data_cfg is None:
+            raise RunError(
+                f"{out} does not record its data (trained from Python on a dataset without an "
+                "origin): resume it from Python, with genlab.fit(..., resume=True)"
+            )
     else:
         cls = MODELS.get(args.model)
         if cls is None:
             raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+        args.data, args.preset = args.data or "mnist", args.preset or "cpu"
         settings = _train_settings(cls, args)
         seed = settings.get("seed", 0)
         overrides = dict(kv.split("=", 1) for kv in args.set)
@@ -122,34 +172,33 @@ def cmd_train(args: argparse.Namespace) -> None:
                                  f"not binary images: drop --binarize {args.binarize}")
             binarize = None
         data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
-        run = {"data": data_cfg, "fit": settings, "preset": args.preset}
-    train = load_data(
-        data_cfg["source"],
-        "train",
-        binarize=data_cfg["binarize"],
-        seed=data_cfg["seed"],
-        limit=data_cfg["limit"],
-    )
-    val = load_data(
-        data_cfg["source"],
-        "val",
-        binarize=data_cfg["binarize"],
-        seed=data_cfg["seed"],
-        limit=data_cfg["limit"],
+        run = {"data": data_cfg, "preset": args.preset}
+    train, val = (
+        load_data(
+            data_cfg["source"],
+            split,
+            binarize=data_cfg["binarize"],
+            seed=data_cfg["seed"],
+            limit=data_cfg["limit"],
+        )
+        for split in ("train", "val")
     )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}")
-    history = genlab.fit(
-        model,
-        train,
-        val_data=val,
-        out=out,
-        resume=args.resume,
-        progress=not args.quiet,
-        run_config=run,
-        sample_every=args.sample_every,
-        **settings,
-    )
+    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}", flush=True)
+    try:
+        history = genlab.fit(
+            model,
+            train,
+            val_data=val,
+            out=out,
+            resume=args.resume,
+            progress=not args.quiet,
+            run_config=run,
+            **settings,
+        )
+    except Interrupted as e:
+        e.resume_hint = f"genlab train --resume --out {shlex.quote(str(out))}"
+        raise
     msg = f"stopped after {history.step} steps ({history.stopped}, {history.elapsed:.0f} s)"
     if history.best_val is not None:
         msg += f"; best validation loss {history.best_val:.2f} nats"
@@ -248,10 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?", default=None, help=f"one of: {', '.join(MODELS)}")
     s.add_argument(
         "--data",
-        default="mnist",
-        help="mnist, fashion-mnist, an IDX folder, a .npz file or an image folder",
+        help="mnist (the default), fashion-mnist, an IDX folder, a .npz file or an image folder",
     )
-    s.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    s.add_argument("--preset", choices=("cpu", "paper"), help="default cpu")
     s.add_argument("--out", help="run folder (default runs/MODEL)")
     s.add_argument("--steps", type=_positive_int)
     s.add_argument("--time-budget", help="e.g. 90s, 10m, 1h")
@@ -268,7 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--val-every", type=_positive_int, help="validate every N steps (default 500)")
     s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
-    s.add_argument("--sample-every", type=_positive_int, default=500)
+    s.add_argument(
+        "--sample-every",
+        type=_count,
+        help="a sample grid every N steps and at the end (default 500); 0: no grids",
+    )
+    s.add_argument(
+        "--sample-n", type=_positive_int, help="images per grid (default: the model's, mostly 64)"
+    )
+    s.add_argument(
+        "--ckpt-every",
+        type=_interval,
+        help="checkpoint every N steps (500), every so long (5m) or both (default 500,5m)",
+    )
     s.add_argument(
         "--set",
         action="append",
@@ -276,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model setting, e.g. --set hidden=100",
     )
-    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out; budgets, --lr, --clip and intervals may change",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
 
@@ -327,9 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("train needs a model name (or --resume --out RUN)")
     try:
         args.fn(args)
-    except KeyboardInterrupt:
-        print("genlab: interrupted (a run folder resumes with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # fit's Interrupted says at which step it stopped and how to resume; 130 or 143.
+        print(f"genlab: {str(e) or 'interrupted (a run folder resumes with --resume)'}",
+              file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except Exception as e:  # one actionable line, not a traceback
         if args.debug:
             raise

@@ -1,13 +1,11 @@
-"""The training loop: overfitting, budgets, NaN errors, run folders, exact resume, DDP."""
+"""The training loop: overfitting, budgets, NaN errors, run folders, exact resume, DDP.
+
+Signals, kills, locks, full disks and resuming with other flags: test_train_runs.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -152,55 +150,6 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
         json.loads(x)["step"] for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
     ]
     assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after resume"
-
-
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    """A real SIGKILL of `genlab train`, then --resume: same final weights as one clean run."""
-    args = [
-        "train",
-        "nade",
-        "--data",
-        "synthetic:bars",
-        "--steps",
-        "600",
-        "--batch-size",
-        "16",
-        "--set",
-        "hidden=32",
-        "--quiet",
-        "--sample-every",
-        "1000000",
-        "--seed",
-        "3",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "genlab.cli"]
-    subprocess.run(
-        cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True
-    )
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cmd + args + ["--out", str(run)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while not (run / "trainer.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(run / "trainer.pt", weights_only=True)["step"]
-    resumed = subprocess.run(
-        cmd + ["train", "--resume", "--out", str(run), "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = genlab.load(tmp_path / "full"), genlab.load(run)
-    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(va, vb), f"{k} differs (killed at step {killed_at})"
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:

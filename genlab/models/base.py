@@ -10,6 +10,7 @@ them; on the others the base methods raise :class:`Unsupported` naming the model
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -188,17 +189,53 @@ class RunError(RuntimeError):
     """A run folder is missing, incomplete or corrupt."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp)``, then rename it over ``path``: a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def no_space(error: BaseException) -> bool:
+    """True when ``error`` (or what caused it) is a full disk or an exhausted quota."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        # Rust writers (safetensors) report it as text: "No space left on device (os error 28)".
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it)."""
     try:
-        write(Path(tmp))
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp)``, then rename it over ``path``: a kill never leaves half a file.
+
+    The file gets the permissions of any new file (0o666 less the umask, as the user chose),
+    not the 0o600 of mkstemp (or of writers that make their own temporary file, as safetensors
+    does), so others can read a shared run folder. A full disk is one RunError naming the
+    file; the file it would have replaced stays as it was.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and no_space(e):
+            raise RunError(f"no space left on device writing {path}") from None
         raise
 
 
