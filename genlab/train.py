@@ -210,14 +210,15 @@ def train_step(
 
 def _non_finite(model: GenerativeModel, params: list[Tensor]) -> str | None:
     """The name of the first of ``params`` holding a NaN or inf, or None (the usual case)."""
-    # One max-abs over all of them is cheap; naming the culprit only happens on failure.
-    if torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in params], math.inf)):
+    # The 2-norm of all of them is one cheap pass (the max-abs norm is ten times slower on CPU);
+    # only when it is not finite are the tensors looked at one by one, to name the culprit.
+    if torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in params])):
         return None
     wanted = {id(p) for p in params}
     for name, p in model.named_parameters():
         if id(p) in wanted and not bool(torch.isfinite(p).all()):
             return repr(name)
-    return "(unnamed)"
+    return None  # finite weights so large that their squares overflow: not our business
 
 
 def fit(
@@ -330,18 +331,10 @@ def fit(
                 if reason is not None:
                     history.stopped = reason
                     break
-                if schedule == "cosine":
-                    frac = max(
-                        step / steps if steps else 0.0,
-                        history.elapsed / budget if budget else 0.0,
-                    )
-                    factor = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-                else:
-                    factor = 1.0
+                factor = _lr_factor(schedule, step, steps, history.elapsed, budget)
                 for p, opt in optimizers.items():
                     for g, base in zip(opt.param_groups, base_lrs[p], strict=True):
                         g["lr"] = base * factor
-
                 batch = loader.batch(step)
                 logs = train_step(model, optimizers, batch, step, clip=clip, world=world)
                 history.step = step = step + 1
@@ -439,6 +432,16 @@ def _stop_reason(
     if code == 0:
         return None
     return "time budget" if code == 1 else signal.Signals(code).name
+
+
+def _lr_factor(
+    schedule: str, step: int, steps: int | None, elapsed: float, budget: float | None
+) -> float:
+    """The learning rate over its base value: a pure function of progress, so resume is exact."""
+    if schedule == "constant":
+        return 1.0
+    frac = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+    return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine, to 0 at the end
 
 
 @torch.no_grad()
@@ -683,8 +686,6 @@ def _restore(
     history: History,
 ) -> None:
     path = folder / "trainer.pt"
-    if not path.exists():
-        raise RunError(f"nothing to resume in {folder}: trainer.pt is missing")
     try:
         state = torch.load(path, weights_only=True)
         model.load_state_dict(state["model"])
