@@ -59,7 +59,12 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(
-        self, signum: int, step: int, saved_step: int | None, folder: Path | None, history: Any
+        self,
+        signum: int,
+        step: int,
+        saved_step: int | None,
+        folder: Path | None,
+        history: History,
     ) -> None:
         super().__init__(signum)
         self.signum, self.step, self.saved_step, self.folder = signum, step, saved_step, folder
@@ -761,14 +766,13 @@ class _Progress:
         history: History,
         images_per_step: int,
     ) -> None:
-        self.enabled, self.steps, self.budget = enabled, steps, budget
+        self.steps, self.budget = steps, budget
         self.images_per_step = images_per_step
         self.stream = sys.stderr
         self._seen = (history.step, time.perf_counter())  # rate window: step, clock
         self._rate = 0.0
         self._last_line = -math.inf
         self._last_logs: dict[str, float] = {}
-        self._elapsed = history.elapsed
         self.bar: Any = None
         self.closed = not enabled
         interactive = getattr(self.stream, "isatty", lambda: False)() or "ipykernel" in sys.modules
@@ -805,7 +809,7 @@ class _Progress:
         if self.closed:
             return
         self._measure(step)
-        self._last_logs, self._elapsed = logs, elapsed
+        self._last_logs = logs
         if self.bar is not None:
             # A time bar advances by the seconds gone, a step bar by one step.
             gone = min(elapsed, self.budget) - self.bar.n if self.budget is not None else 1
@@ -833,9 +837,10 @@ class _Progress:
         ("step 500: val_loss 95.3") that plain output prints as a line of its own."""
         if self.closed:
             return
-        if self.bar is not None:
-            if status:
-                self.bar.set_description_str(text, refresh=True)
+        if self.bar is not None and status:
+            self.bar.set_description_str(text, refresh=True)
+        elif self.bar is not None:
+            self.bar.write(text, file=self.stream)  # above the bar
         elif text:
             print(text, file=self.stream, flush=True)
 
