@@ -25,7 +25,7 @@ import torch
 from genlab.data import load as load_data
 from genlab.models import MODELS, create, load
 from genlab.models.base import RunError, read_config
-from genlab.train import Interrupted, parse_interval
+from genlab.train import Interrupted, check_free, parse_interval
 
 
 def _parse_value(text: str) -> Any:
@@ -140,6 +140,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import genlab
 
     out = Path(args.out or f"runs/{args.model}")
+    check_free(out)  # before loading any data
     if args.resume:
         model, run, settings = _resume_settings(args, out)
         data_cfg = run.get("data")

@@ -200,7 +200,14 @@ def train_step(
             )
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # a step size beyond float32 (an absurd lr) fails in Adam
+            if "overflow" not in str(e):
+                raise
+            raise TrainingError(
+                f"the update of player {player!r} at step {step} overflowed ({e}): {hint}"
+            ) from e
         bad = _non_finite(model, params)
         if bad is not None:
             raise TrainingError(
@@ -530,15 +537,7 @@ class _RunFolder:
         if fcntl is None:
             return
         fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunError(
-                f"{self.folder} is in use by another run (pid {owner}): wait for it to end, "
-                "stop it, or choose another --out"
-            ) from None
+        _flock(fd, self.folder)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -651,6 +650,30 @@ class _RunFolder:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def check_free(folder: str | os.PathLike) -> None:
+    """The RunError ``fit`` would raise if a run trains in ``folder`` now (the CLI asks before
+    it loads any data); a probe only: fit takes the lock itself."""
+    path = Path(folder) / ".lock"
+    if fcntl is None or not path.exists():
+        return
+    fd = os.open(path, os.O_RDWR)
+    _flock(fd, Path(folder))
+    os.close(fd)  # releases it again
+
+
+def _flock(fd: int, folder: Path) -> None:
+    """Lock ``fd`` or close it and refuse, naming the pid that holds the lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunError(
+            f"{folder} is in use by another run (pid {owner}): wait for it to end, stop it, "
+            "or choose another --out"
+        ) from None
 
 
 def _train_config(

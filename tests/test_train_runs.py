@@ -188,8 +188,8 @@ def test_a_second_run_in_the_folder_is_refused_and_a_killed_ones_lock_taken_over
         wait_until(lambda: last_logged_step(run) > 0, first, "the first run to train")
         for argv in (["train", "--resume", "--out", str(run)], [*TRAIN, "--out", str(run)]):
             assert main([*argv, "--quiet"]) == 1
-            err = capsys.readouterr().err
-            assert err.count("\n") == 1, err
+            out, err = capsys.readouterr()
+            assert err.count("\n") == 1 and out == "", (out, err)  # refused before any loading
             assert f"{run} is in use by another run (pid {first.pid})" in err
     finally:
         first.send_signal(signal.SIGKILL)  # its lock dies with it
@@ -236,6 +236,11 @@ def test_an_update_that_overflows_the_weights_is_never_checkpointed(tmp_path):
     saved = torch.load(run / "trainer.pt", weights_only=True)
     assert saved["step"] == 2 and torch.isfinite(saved["model"]["w"])
     assert torch.isfinite(load_file(run / "model.safetensors")["w"])
+
+
+def test_an_update_beyond_float32_names_the_step_and_player():
+    with pytest.raises(TrainingError, match="update of player 'model' at step 0 overflowed"):
+        fit(Runaway(w=0.0), bars(), steps=10, lr=1e38, batch_size=8, progress=False)
 
 
 def test_a_non_finite_gradient_is_not_applied(tmp_path):
