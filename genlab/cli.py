@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from genlab.data import binarization_for, describe_sources, sources_help
 from genlab.data import load as load_data
 from genlab.models import MODELS, create, load
 from genlab.models.base import read_config
@@ -114,13 +115,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             preset=args.preset,
             **{k: _parse_value(v) for k, v in overrides.items()},
         )
-        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey).
-        binarize = settings.pop("binarize", "static" if model.data_kind == "binary" else None)
-        if model.data_kind != "binary":
-            if args.binarize is not None:
-                raise ValueError(f"{model.name} with these settings models grey levels, "
-                                 f"not binary images: drop --binarize {args.binarize}")
-            binarize = None
+        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey);
+        # a preset's binarization is its default, --binarize an explicit request.
+        binarize = binarization_for(
+            model, args.binarize, default=settings.pop("binarize", "static")
+        )
         data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
         run = {"data": data_cfg, "fit": settings, "preset": args.preset}
     train = load_data(
@@ -244,13 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixels", type=_positive_int, default=784)
     s.set_defaults(fn=cmd_params)
 
-    s = sub.add_parser("train", help="train a model; writes a run folder")
-    s.add_argument("model", nargs="?", default=None, help=f"one of: {', '.join(MODELS)}")
-    s.add_argument(
-        "--data",
-        default="mnist",
-        help="mnist, fashion-mnist, an IDX folder, a .npz file or an image folder",
+    s = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        epilog=f"data sources (--data):\n{describe_sources()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    s.add_argument("model", nargs="?", default=None, help=f"one of: {', '.join(MODELS)}")
+    s.add_argument("--data", default="mnist", help=sources_help())
     s.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
     s.add_argument("--out", help="run folder (default runs/MODEL)")
     s.add_argument("--steps", type=_positive_int)
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="per-image log-likelihood / anomaly score as CSV")
     s.add_argument("run")
-    s.add_argument("images", help="an image folder, .npz, IDX folder or dataset name")
+    s.add_argument("images", help=sources_help())
     s.add_argument("--out", default="scores.csv")
     s.add_argument(
         "-k", type=_positive_int, default=1000, help="importance samples for latent models"
