@@ -228,8 +228,8 @@ class Dataset:
         fields = {k: take(v, rows) for k, v in self.fields.items()}
         x, y = fields.pop("x"), fields.pop("y", None)
         paths = take(self.paths, rows) if self.paths is not None else None
-        return Dataset(x, y, self.name, self.split, self.binarize, self.seed, self.classes,
-                       paths, fields=fields)  # fmt: skip
+        meta = (self.name, self.split, self.binarize, self.seed, self.classes)
+        return Dataset(x, y, *meta, paths, fields=fields)
 
     # ---- description --------------------------------------------------------------------------
     def __len__(self) -> int:
