@@ -80,10 +80,18 @@ def _coerce(kind: Any, value: Any) -> Any:
     return value  # a type this check does not know: the config's own __post_init__ decides
 
 
+class SettingError(ValueError):
+    """A model setting of the wrong type: "hidden must be an integer, got 'abc'"."""
+
+    def __init__(self, key: str, expected: str, value: Any) -> None:
+        super().__init__(f"{key} must be {expected}, got {value!r}")
+        self.key, self.expected = key, expected
+
+
 def check_settings(cls: type[GenerativeModel], settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` converted to the types of ``cls.Config``'s fields, or one clear error:
-    TypeError naming the valid settings for an unknown one, ValueError for a wrong type
-    ("hidden must be an integer, got 'abc'")."""
+    TypeError naming the valid settings for an unknown one, :class:`SettingError` (a
+    ValueError) for a wrong type ("hidden must be an integer, got 'abc'")."""
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(settings) - fields)
     if unknown:
@@ -97,7 +105,7 @@ def check_settings(cls: type[GenerativeModel], settings: dict[str, Any]) -> dict
         try:
             checked[key] = _coerce(hints[key], value)
         except ValueError:
-            raise ValueError(f"{key} must be {_describe(hints[key])}, got {value!r}") from None
+            raise SettingError(key, _describe(hints[key]), value) from None
     return checked
 
 
@@ -143,5 +151,5 @@ if create.__doc__ is not None:  # None under python -OO
     create.__doc__ = create.__doc__.rstrip(" ") + _model_lines()
 
 
-__all__ = ["MODELS", "GenerativeModel", "RunError", "Unsupported", "check_settings", "create",
-           "load"]
+__all__ = ["MODELS", "GenerativeModel", "RunError", "SettingError", "Unsupported",
+           "check_settings", "create", "load"]

@@ -212,15 +212,30 @@ class GenerativeModel(nn.Module):
         return folder
 
 
-def _unsupported_message(model: GenerativeModel, capability: str) -> str:
+def _unsupported_message(model: GenerativeModel | type[GenerativeModel], capability: str) -> str:
     from genlab.models import MODELS
 
     have = sorted(name for name, cls in MODELS.items() if cls.has(capability))
     return f"{model.name} has no {capability}(); models that do: {', '.join(have)}"
 
 
+def require(model: GenerativeModel | type[GenerativeModel], capability: str) -> None:
+    """Raise :class:`Unsupported` (naming the models that have it) unless ``model`` has
+    ``capability``: lets a command refuse before it loads any data."""
+    if not model.has(capability):
+        raise Unsupported(_unsupported_message(model, capability))
+
+
 class RunError(RuntimeError):
     """A run folder is missing, incomplete or corrupt."""
+
+
+def check_new_run(folder: str | os.PathLike) -> None:
+    """RunError if ``folder`` already holds a run (a fresh run must not overwrite one)."""
+    if (Path(folder) / "trainer.pt").exists():
+        raise RunError(
+            f"{folder} already holds a run: resume it (--resume) or choose another --out"
+        )
 
 
 def atomic_write(path: Path, write: Any) -> None:
