@@ -119,8 +119,8 @@ def _importance_samples(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_IMPORTANCE_SAMPLES:
         raise argparse.ArgumentTypeError(
-            f"at most {MAX_IMPORTANCE_SAMPLES} samples per image, got {value} (memory stays "
-            "flat as k grows, but time does not: k=5000 takes minutes on 10k images)"
+            f"at most {MAX_IMPORTANCE_SAMPLES} samples per image, got {value} (k costs time, "
+            "not memory: k=5000 already takes minutes on 10k images)"
         )
     return value
 
