@@ -252,8 +252,7 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-
-# ---- reading run folders from strangers ----------------------------------------------------------
+# ---- reading run folders from strangers -----------------------------------------------------
 # Everything in a run folder is checked before it is believed: a config.json or weights file
 # that is not a regular file, is absurdly large, or describes a model other than the one its
 # weights hold is refused in one line, before anything of the size it claims is allocated.
@@ -271,6 +270,9 @@ _SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+_TORCH_DTYPES = {name: _dtype_name(dtype) for dtype, name in _SAFETENSORS_DTYPES.items()}
 
 
 def _file_kind(mode: int) -> str:
@@ -392,9 +394,6 @@ def _skeleton(name: str, shape: tuple[int, ...], settings: dict[str, Any],
             hook.remove()
 
 
-_TORCH_DTYPES = {name: _dtype_name(dtype) for dtype, name in _SAFETENSORS_DTYPES.items()}
-
-
 def _dims(shape: Any) -> str:
     return "x".join(map(str, shape)) or "a scalar"
 
@@ -485,8 +484,8 @@ def load(path: str | os.PathLike) -> GenerativeModel:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise RunError(f"{weights} is corrupt or truncated ({e})") from None
     for key, t in state.items():
-        if t.dtype != expected[key].dtype:  # the header said otherwise: the file changed
-            raise RunError(f"{weights} changed while it was read ({key} is now {t.dtype})")
+        if key not in expected or t.dtype != expected[key].dtype:  # the header said otherwise
+            raise RunError(f"{weights} changed while it was being read: load it again")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise RunError(
