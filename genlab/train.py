@@ -24,7 +24,7 @@ from torch import Tensor
 
 from genlab.data import Dataset, Loader
 from genlab.images import save_grid
-from genlab.models.base import GenerativeModel, RunError, atomic_write
+from genlab.models.base import GenerativeModel, RunError, atomic_write, check_new_run
 
 
 class TrainingError(RuntimeError):
@@ -113,10 +113,8 @@ def fit(
         if folder is None:
             raise ValueError("resume needs the run folder (out=...)")
         _restore(folder, model, optimizers, history)
-    elif folder is not None and (folder / "trainer.pt").exists():
-        raise RunError(
-            f"{folder} already holds a run: resume it (--resume) or choose another --out"
-        )
+    elif folder is not None:
+        check_new_run(folder)
 
     writer = None
     if folder is not None and rank == 0:

@@ -127,7 +127,8 @@ class MADE(PixelAutoregressive):
             # The paper's rule: uniform in [lowest degree below, D - 2]; a unit of degree D - 1
             # would feed no output. (D = 1: degree 0, which feeds nothing either.)
             deg = torch.randint(low, max(d - 1, low + 1), (size,), generator=g)
-            low = int(deg.min())
+            # On the meta device (genlab.load's size check) tensors have shapes but no values.
+            low = low if deg.is_meta else int(deg.min())
             degrees.append(deg)
         return order, degrees
 
