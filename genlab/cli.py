@@ -7,6 +7,7 @@
     genlab eval runs/nade
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
+    (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
 Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
 the traceback. Values that make no sense are refused by the flag that took them, and checks
@@ -29,6 +30,7 @@ import torch
 from genlab import __version__
 from genlab.data import binarization_for, describe_sources, sources_help
 from genlab.data import load as load_data
+from genlab.devices import DEVICES, PRECISIONS, resolve_device
 from genlab.models import MODELS, create, load
 from genlab.models.base import (
     MAX_SUBPIXELS,
@@ -217,6 +219,7 @@ def _train_settings(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
         "binarize",
         "patience",
         "val_every",
+        "precision",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -232,12 +235,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     import genlab
 
     out = Path(args.out or f"runs/{args.model}")
+    device = resolve_device(args.device)  # a missing GPU fails before any data is read
     if args.resume:
         stored = read_config(out)
         model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
         run = stored["train"]
         settings = run["fit"]
-        for key in ("steps", "time_budget"):  # the budget may be extended on resume
+        # The budget may be extended on resume, and a bf16 run may go on in fp32 elsewhere.
+        for key in ("steps", "time_budget", "precision"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
         data_cfg = run["data"]
@@ -278,7 +283,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         limit=data_cfg["limit"],
     )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}")
+    precision = settings.get("precision", "fp32")
+    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}, "
+          f"on {device}" + (f" ({precision})" if precision != "fp32" else ""))
     history = genlab.fit(
         model,
         train,
@@ -288,6 +295,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         run_config=run,
         sample_every=args.sample_every,
+        device=device,
         **settings,
     )
     msg = f"stopped after {history.step} steps ({history.stopped}, {history.elapsed:.0f} s)"
@@ -302,7 +310,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     out = Path(args.out or Path(args.run) / "samples.png")
     grid_format(out)  # an unknown suffix is refused before minutes of sampling
-    model = load(args.run)
+    model = load(args.run, device=args.device)
     # The samples (float32) and their grid; the model's own working memory comes on top.
     _check_fits(2 * args.n * model.n_pixels * 4, f"{args.n} samples", "-n")
     torch.manual_seed(args.seed)
@@ -331,7 +339,7 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None) -> An
 def cmd_eval(args: argparse.Namespace) -> None:
     from genlab.metrics import nll
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
     require(model, "log_prob")
     data = _run_data(args.run, args.data, args.split, args.limit)
     # Estimated likelihoods use the model's own default sample count unless -k is given.
@@ -358,7 +366,7 @@ def _file_order(names: list[str]) -> list[int]:
 def cmd_score(args: argparse.Namespace) -> None:
     from genlab.metrics import bits_per_dim, check_finite, log_probs, method_of
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
     require(model, "log_prob")
     data = _run_data(args.run, args.images, "all", None)
     k = None if model.exact else args.k
@@ -394,10 +402,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from genlab.data import Loader
     from genlab.models.base import atomic_write
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
     require(model, "encode")
     data = _run_data(args.run, args.data, args.split, args.limit)
-    feats = [model.encode(b["x"]) for b in Loader(data, 500, shuffle=False, drop_last=False)]
+    feats = [model.encode(b["x"].to(model.device)).cpu()
+             for b in Loader(data, 500, shuffle=False, drop_last=False)]
     z = torch.cat(feats).numpy()
     arrays = {"z": z}
     if data.y is not None:
@@ -410,6 +419,14 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
     atomic_write(out, write)
     print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {out}")
+
+
+def _add_device(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--device",
+        default="auto",
+        help=f"{', '.join(DEVICES)} (default auto: CUDA if torch sees a GPU, else CPU)",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -480,8 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model setting, e.g. --set hidden=100",
     )
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: bfloat16 autocast of the training loss, CUDA only (default fp32)",
+    )
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(s)
     s.set_defaults(fn=cmd_train, check=_check_train)
 
     s = add("sample", "write a grid of samples (.png, .jpg or .webp)",
@@ -490,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_positive_int, default=64)
     s.add_argument("--out", help="default RUN/samples.png")
     s.add_argument("--seed", type=int, default=0)
+    _add_device(s)
     s.set_defaults(fn=cmd_sample)
 
     s = add("eval", "test NLL in nats and bits/dim", "genlab eval runs/nade --limit 1000")
@@ -504,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=500)
     s.add_argument("--json", help="also write the report as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(s)
     s.set_defaults(fn=cmd_eval)
 
     s = add("score", "per-image log-likelihood / anomaly score as CSV, in file order; columns "
@@ -515,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", type=_importance_samples, default=1000,
         help="samples for estimated likelihoods (latent models, RNADE); default 1000",
     )
+    _add_device(s)
     s.set_defaults(fn=cmd_score)
 
     s = add("encode", "features of a dataset as .npz (z, y)",
@@ -524,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
     s.add_argument("--out", default="features.npz", help="a .npz file (.npz is appended)")
+    _add_device(s)
     s.set_defaults(fn=cmd_encode)
     return p
 

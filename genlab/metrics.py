@@ -128,15 +128,19 @@ def log_probs(
     progress: bool = False,
     **kwargs: Any,
 ) -> Tensor:
-    """Per-image log-likelihood (N,) float64 in nats, in the data's order. ``progress``: show
-    images/s and the ETA on stderr, updated after every batch."""
+    """Per-image log-likelihood (N,) float64 in nats, in the data's order, on the CPU.
+    ``progress``: show images/s and the ETA on stderr, updated after every batch.
+
+    Batches go to the model's device; each batch's results come back as it is done, so the
+    device holds one batch at a time.
+    """
     require(model, "log_prob")
     model.eval()
     out: list[Tensor] = []
     batches = Loader(data, batch_size, shuffle=False, drop_last=False, seed=12345)
     with Progress(len(data), "log_prob", enabled=progress) as bar:
         for batch in batches:
-            out.append(model.log_prob(batch["x"], **kwargs).double().cpu())
+            out.append(model.log_prob(batch["x"].to(model.device), **kwargs).cpu().double())
             bar.update(len(batch["x"]))
     return torch.cat(out)
 

@@ -5,7 +5,9 @@ It knows nothing about models beyond the protocol in ``models/base.py``: per ste
 optimizer, takes ``model.loss(batch, player)``, backpropagates, clips and steps. Around that:
 a progress bar, step and time budgets, validation, sample grids, ``metrics.jsonl`` and
 TensorBoard, atomic checkpoints and exact resume, early stopping, and data parallelism when
-launched under ``torchrun`` (gradients averaged across ranks with ``all_reduce``).
+launched under ``torchrun`` (gradients averaged across ranks with ``all_reduce``, buffers such as
+BatchNorm statistics synchronised after each step). The model and every batch sit on the
+requested device (``genlab.devices``); ``precision="bf16"`` autocasts the training loss on CUDA.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from genlab.data import Dataset, Loader
+from genlab.devices import autocast, check_precision, fork_rng, resolve_device, to_device
 from genlab.images import save_grid
 from genlab.models.base import GenerativeModel, RunError, atomic_write, check_new_run
 
@@ -79,6 +82,8 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> History:
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
@@ -89,13 +94,19 @@ def fit(
     ``out``: run folder (config.json, model.safetensors, trainer.pt, metrics.jsonl, TensorBoard
     events, samples/step-N.png). ``resume=True`` continues a killed run exactly where its last
     checkpoint left it. ``run_config`` (data and training settings) is stored in config.json.
+    ``device``: "auto" (CUDA if there is a GPU, else CPU), "cpu", "cuda", "cuda:N" or "mps"; the
+    model is moved there and stays there. ``precision``: "fp32", or "bf16" (CUDA only) for
+    bfloat16 autocast around the training loss; validation and log_prob stay in full precision.
     """
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
         raise ValueError("give a step budget (steps=...) or a time budget (time_budget='10m')")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {schedule!r}: use constant or cosine")
-    rank, world = _distributed_setup(model)
+    device = resolve_device(device)
+    check_precision(precision, device)
+    model.to(device)
+    rank, world = _distributed_setup(model, device)
     folder = Path(out) if out is not None else None
     torch.manual_seed(seed)
     random.seed(seed)
@@ -146,13 +157,14 @@ def fit(
                     for g, base in zip(opt.param_groups, base_lrs[p], strict=True):
                         g["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
-            batch = loader.batch(step)
+            batch = to_device(loader.batch(step), device)
             model.on_step(step)
             logs: dict[str, float] = {}
             for player in model.players_at(step):
                 opt = optimizers[player]
                 opt.zero_grad(set_to_none=True)
-                loss, extra = model.loss(batch, player)
+                with autocast(device, precision):
+                    loss, extra = model.loss(batch, player)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the loss of player {player!r} became {float(loss.detach())} "
@@ -170,6 +182,8 @@ def fit(
                 logs.update(
                     {(k if player == "model" else f"{player}/{k}"): v for k, v in extra.items()}
                 )
+            if world > 1:
+                _sync_buffers(model)
             history.step = step = step + 1
 
             if bar is not None:
@@ -259,6 +273,7 @@ def validate(
     for batch in Loader(data, batch_size, shuffle=False, drop_last=False, seed=12345):
         if limit is not None and count >= limit:
             break
+        batch = to_device(batch, model.device)
         loss, _ = model.loss(batch, model.players[0])
         b = len(batch["x"])
         total += float(loss) * b
@@ -288,6 +303,8 @@ def _checkpoint(
         "model": model.state_dict(),
         "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
         "rng_torch": torch.get_rng_state(),
+        # Models draw their noise on their own device: CUDA has its own generator to restore.
+        "rng_cuda": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None,
         "rng_python": list(random.getstate()[1]),
         "rng_python_pos": random.getstate()[2],
     }
@@ -305,7 +322,9 @@ def _restore(
     if not path.exists():
         raise RunError(f"nothing to resume in {folder}: trainer.pt is missing")
     try:
-        state = torch.load(path, weights_only=True)
+        # Tensors come back on the CPU (a run trained on a GPU resumes anywhere); loading copies
+        # them onto the model's and the optimizers' device.
+        state = torch.load(path, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
         for p, o in optimizers.items():
             o.load_state_dict(state["optimizers"][p])
@@ -320,6 +339,8 @@ def _restore(
     history.since_best = int(state["since_best"])
     history.best_state = state["best_state"] or None
     torch.set_rng_state(state["rng_torch"])
+    if state.get("rng_cuda") is not None and model.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], model.device)
     random.setstate((3, tuple(state["rng_python"]), state["rng_python_pos"]))
     history.records = _read_metrics(folder / "metrics.jsonl", history.step)
 
@@ -357,7 +378,7 @@ def _log(folder: Path, writer: Any, record: dict[str, Any]) -> None:
 
 def _write_samples(model: GenerativeModel, folder: Path, step: int) -> None:
     # Sampling must not disturb the training RNG stream, or resume would not be exact.
-    with torch.random.fork_rng():
+    with fork_rng(model.device):
         torch.manual_seed(step)
         model.eval()
         x = model.sample(64)
@@ -384,15 +405,20 @@ def _progress_bar(enabled: bool, steps: int | None, initial: int) -> Any:
 # ---- data parallelism ------------------------------------------------------------------------
 
 
-def _distributed_setup(model: GenerativeModel) -> tuple[int, int]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group and start from rank 0's weights."""
+def _distributed_setup(model: GenerativeModel, device: torch.device) -> tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group and start from rank 0's weights.
+
+    NCCL when the model is on a GPU (each rank on its own, see ``resolve_device``), else gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     for t in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(t.data, src=0)
     return dist.get_rank(), dist.get_world_size()
@@ -408,7 +434,38 @@ def _average_gradients(params: Any, world: int) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
+    _unflatten(flat, grads)
+
+
+def _sync_buffers(model: GenerativeModel) -> None:
+    """Make every rank's buffers equal after a step: each rank updated running statistics
+    (BatchNorm means and variances, running averages) from its own share of the batch, so
+    floating buffers are averaged; counters and flags (num_batches_tracked...) are integers
+    that an average could not represent, and all ranks count alike, so rank 0's are kept.
+    Buffers left out of the state dict (masks, index tables) are derived from the config, equal
+    on every rank by construction, and never change: they are not sent."""
+    import torch.distributed as dist
+
+    saved = model.state_dict(keep_vars=True)
+    floats: dict[torch.dtype, list[Tensor]] = {}
+    others: list[Tensor] = []
+    for name, b in model.named_buffers():
+        if name in saved:
+            (floats.setdefault(b.dtype, []) if b.is_floating_point() else others).append(b)
+    world = dist.get_world_size()
+    for group in floats.values():  # one all_reduce per dtype, not one per buffer
+        flat = torch.cat([b.reshape(-1) for b in group])
+        dist.all_reduce(flat)
+        flat /= world
+        _unflatten(flat, group)
+    if others:  # int64 holds every integer and bool buffer exactly
+        flat = torch.cat([b.reshape(-1).to(torch.int64) for b in others])
+        dist.broadcast(flat, src=0)
+        _unflatten(flat, others)
+
+
+def _unflatten(flat: Tensor, tensors: list[Tensor]) -> None:
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()

@@ -164,7 +164,12 @@ class GenerativeModel(nn.Module):
 
     # ---- checks shared by all models ---------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
-        """One clear error for a wrong shape or wrong values, before any computation."""
+        """One clear error for a wrong shape, device or values, before any computation."""
+        if x.device != self.device:
+            raise ValueError(
+                f"{self.name} is on {self.device} but the images are on {x.device}: "
+                "pass x.to(model.device)"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             got = "x".join(map(str, x.shape[1:])) if x.dim() == 4 else str(tuple(x.shape))
             want = "x".join(map(str, self.shape))
@@ -202,8 +207,10 @@ class GenerativeModel(nn.Module):
         )
         if extra:
             config.update(extra)
-        # safetensors refuses shared/non-contiguous storage: store each tensor as its own copy.
-        state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        # safetensors refuses shared/non-contiguous storage: store each tensor as its own copy,
+        # on the CPU, so that a run trained on a GPU loads on any machine.
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in
+                 self.state_dict().items()}
         atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p)))
         atomic_write(
             folder / "config.json",
@@ -437,18 +444,22 @@ def _model_spec(config: dict[str, Any], path: Path) -> tuple[str, tuple[int, int
     return name, (shape[0], shape[1], shape[2]), settings
 
 
-def load(path: str | os.PathLike) -> GenerativeModel:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
     """Rebuild a model from a run folder (needs only config.json and model.safetensors).
 
     Safe on folders from strangers: the config must describe a model whose every tensor (name,
     shape, dtype) is in the weights file's header and the file must be exactly that large,
     checked before the model is allocated; the weights must be finite.
+    ``device`` as for ``fit`` ("auto", "cpu", "cuda", "cuda:N", "mps"); the CPU by default,
+    where the data sets live, so a loaded model takes their tensors as they are.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from genlab.devices import resolve_device
     from genlab.models import create
 
+    target = resolve_device(device)  # a missing GPU fails before any file is read
     folder = Path(path)
     if not folder.is_dir():
         raise RunError(
@@ -497,5 +508,6 @@ def load(path: str | os.PathLike) -> GenerativeModel:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise RunError(f"{weights} does not match its config: {first}") from None
+    model.to(target)
     model.eval()
     return model
