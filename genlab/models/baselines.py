@@ -152,7 +152,7 @@ class Independent(GenerativeModel):
     def estimate(self, x: Tensor, smoothing: float = 1.0) -> None:
         """Closed-form fit: p_i = (#ones_i + s) / (N + 2s)."""
         xf = _flat_binary(self, x)
-        total = torch.tensor(float(xf.shape[0]))
+        total = torch.tensor(float(xf.shape[0]), device=xf.device)
         self.logits.copy_(_smoothed_logit(xf.sum(0), total, smoothing).view(self.shape))
 
     @torch.no_grad()
@@ -209,7 +209,7 @@ class Markov(GenerativeModel):
     def estimate(self, x: Tensor, smoothing: float = 1.0) -> None:
         """Closed-form fit from first-pixel counts and (previous, next) pair counts."""
         xs = _flat_binary(self, x)[:, self.order].double()
-        n = torch.tensor(float(xs.shape[0]))
+        n = torch.tensor(float(xs.shape[0]), device=xs.device)
         self.first.copy_(_smoothed_logit(xs[:, 0].sum(), n, smoothing).view(1))
         prev, nxt = xs[:, :-1], xs[:, 1:]
         ones_after_one = (prev * nxt).sum(0)

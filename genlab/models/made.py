@@ -207,9 +207,10 @@ class MADE(PixelAutoregressive):
 
     def _per_subpixel(self, flat: Tensor, x: Tensor) -> Tensor:
         """log p of each sub-pixel's value (B, D) from flat logits."""
-        xs = x.reshape(x.shape[0], -1).to(flat.dtype)
+        xs = x.reshape(x.shape[0], -1)
         if self.levels == 2:
-            return -F.binary_cross_entropy_with_logits(flat, xs, reduction="none")
+            return -F.binary_cross_entropy_with_logits(flat, xs.to(flat.dtype), reduction="none")
+        # Levels from x itself: in bfloat16 (autocast logits) k/255 would round to its neighbour.
         logits = flat.view(x.shape[0], self.n_pixels, self.levels).transpose(1, 2)
         return -F.cross_entropy(logits, levels_index(xs, self.levels), reduction="none")
 
