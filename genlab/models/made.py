@@ -210,7 +210,8 @@ class MADE(PixelAutoregressive):
         xs = x.reshape(x.shape[0], -1)
         if self.levels == 2:
             return -F.binary_cross_entropy_with_logits(flat, xs.to(flat.dtype), reduction="none")
-        # Levels from x itself: in bfloat16 (autocast logits) k/255 would round to its neighbour.
+        # Levels from x itself, not from a copy in the logits' dtype: bfloat16 (under autocast)
+        # holds k / (K - 1) closely enough only up to K = 256.
         logits = flat.view(x.shape[0], self.n_pixels, self.levels).transpose(1, 2)
         return -F.cross_entropy(logits, levels_index(xs, self.levels), reduction="none")
 
