@@ -77,7 +77,9 @@ def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     """
     threads = torch.get_num_threads()
     parts = min(threads, xs.shape[0] // _MIN_SHARE)
-    if parts < 2 or _get_current_dispatch_mode() is not None:  # modes do not see other threads
+    # Threads share out CPU cores; a GPU runs the whole batch at once. Modes do not see other
+    # threads.
+    if parts < 2 or xs.device.type != "cpu" or _get_current_dispatch_mode() is not None:
         return _sweep_serial(xs, W, V, b, c, upstream, grads, need_x)
     cuts = [len(xs) * i // parts for i in range(parts + 1)]
     _walk_compiled()  # compile here, once, rather than racing to it in the worker threads
