@@ -7,14 +7,20 @@
     genlab eval runs/nade
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
+    (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
-Errors are one line a person can act on; ``--debug`` shows the traceback.
+Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
+the traceback. Values that make no sense are refused by the flag that took them, and checks
+that need no data run before any data is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -22,10 +28,24 @@ from typing import Any
 
 import torch
 
+from genlab import __version__
+from genlab.data import binarization_for, describe_sources, sources_help
 from genlab.data import load as load_data
+from genlab.devices import DEVICES, PRECISIONS, resolve_device
 from genlab.models import MODELS, create, load
-from genlab.models.base import RunError, read_config
+from genlab.models.base import (
+    MAX_SUBPIXELS,
+    GenerativeModel,
+    RunError,
+    check_new_run,
+    read_config,
+    require,
+)
 from genlab.train import Interrupted, check_free, parse_interval
+
+# Beyond this, -k only costs time: log_prob draws its importance samples in chunks, so memory
+# stays flat, but k = 5000 already takes minutes on 10k MNIST images and 10^6 would take days.
+MAX_IMPORTANCE_SAMPLES = 10**6
 
 
 def _parse_value(text: str) -> Any:
@@ -36,6 +56,9 @@ def _parse_value(text: str) -> Any:
         if "," in text:
             return [_parse_value(t) for t in text.split(",")]
         return text
+
+
+# ---- argparse types: a value that makes no sense is refused at its flag, in one line ----------
 
 
 def _positive_int(text: str) -> int:
@@ -49,18 +72,141 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: --lr, --clip: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> str:
+    """argparse type: --time-budget, e.g. 90s, 10m, 1.5h; finite and positive. Returns the text
+    itself, which the run's config.json records as given."""
+    from genlab.train import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except (ValueError, IndexError):  # IndexError: an empty string
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration such as 90s, 10m or 1.5h, got {text!r}"
+        )
+    return text.strip()
+
+
 def _count(text: str) -> int:
-    """argparse type: a whole number, 0 allowed (0 turns the thing off)."""
+    """argparse type: --sample-every: a whole number, 0 allowed (0 turns grids off)."""
     return 0 if text.strip() == "0" else _positive_int(text)
 
 
 def _interval(text: str) -> str:
-    """argparse type for --ckpt-every: steps, a duration or both (checked, kept as text)."""
+    """argparse type: --ckpt-every: steps, a duration or both (checked, kept as text)."""
     try:
         parse_interval(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _setting(text: str) -> str:
+    """argparse type: --set KEY=VALUE (its value is checked against the model in
+    :func:`parse_overrides`, once the model is known)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (e.g. --set hidden=100), got {text!r}"
+        )
+    return text
+
+
+def _pixels(text: str) -> int:
+    """argparse type: --pixels, from 1 to the most sub-pixels a genlab model takes."""
+    value = _positive_int(text)
+    if value > MAX_SUBPIXELS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SUBPIXELS} (the most sub-pixels a genlab model takes), got {value}"
+        )
+    return value
+
+
+def _importance_samples(text: str) -> int:
+    """argparse type: -k, importance samples per image."""
+    value = _positive_int(text)
+    if value > MAX_IMPORTANCE_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_IMPORTANCE_SAMPLES} samples per image, got {value} (k costs time, "
+            "not memory: k=5000 already takes minutes on 10k images)"
+        )
+    return value
+
+
+def parse_overrides(cls: type[GenerativeModel], sets: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` texts -> settings of ``cls.Config``, each checked against its field's
+    type: ``hidden=abc`` is "hidden must be an integer, got 'abc'"; an unknown key names the
+    valid ones. Values read as JSON (500, 1e-3, true), 'a,b' as a list; text fields take the
+    text as given."""
+    import typing
+
+    from genlab.models import SettingError, check_settings
+
+    kinds = typing.get_type_hints(cls.Config)
+    settings: dict[str, Any] = {}
+    for text in sets:
+        key, _, raw = _setting(text).partition("=")
+        key = key.strip()
+        value = raw if kinds.get(key) is str else _parse_value(raw)
+        try:
+            settings.update(check_settings(cls, {key: value}))
+        except SettingError as e:  # name the text the user typed, not its parsed form
+            raise SettingError(e.key, e.expected, raw) from None
+    return settings
+
+
+# ---- checks before any data is loaded -----------------------------------------------------------
+
+
+def _available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation, or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(need: int, what: str, flag: str) -> None:
+    """Refuse a request whose estimated memory exceeds what the machine has available."""
+    have = _available_memory()
+    if have is not None and need > have:
+        raise MemoryError(
+            f"{what} need about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB of memory is "
+            f"available: lower {flag}"
+        )
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """What `genlab train` can check before loading data: that no run trains in --out now, the
+    model name, its --set values, and that --out does not already hold a run."""
+    check_free(args.out or f"runs/{args.model}")
+    if args.resume:
+        return
+    cls = MODELS.get(args.model)
+    if cls is None:
+        raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    parse_overrides(cls, args.set)
+    args.out = args.out or f"runs/{args.model}"
+    check_new_run(args.out)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -82,7 +228,7 @@ def cmd_params(args: argparse.Namespace) -> None:
 # others shape the data, the model or its batches, so resume refuses to change them.
 _RESUMABLE = (
     "lr", "clip", "steps", "time_budget", "patience", "val_every", "ckpt_every", "sample_every",
-    "sample_n", "schedule",
+    "sample_n", "schedule", "precision",
 )  # fmt: skip
 
 
@@ -129,6 +275,11 @@ def _resume_settings(args: argparse.Namespace, out: Path) -> tuple[Any, dict, di
             f"--resume continues {out} as it was built and fed: drop {'; '.join(refused)}, "
             "or train a new run with another --out"
         )
+    if "data" not in run:
+        raise RunError(
+            f"{out} does not record its data (trained from Python on a dataset without an "
+            "origin): resume it from Python, with genlab.fit(..., resume=True)"
+        )
     for key in _RESUMABLE:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -140,15 +291,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     import genlab
 
     out = Path(args.out or f"runs/{args.model}")
-    check_free(out)  # before loading any data
+    device = resolve_device(args.device)  # a missing GPU fails before any data is read
     if args.resume:
         model, run, settings = _resume_settings(args, out)
-        data_cfg = run.get("data")
-        if data_cfg is None:
-            raise RunError(
-                f"{out} does not record its data (trained from Python on a dataset without an "
-                "origin): resume it from Python, with genlab.fit(..., resume=True)"
-            )
+        data_cfg = run["data"]
     else:
         cls = MODELS.get(args.model)
         if cls is None:
@@ -165,13 +311,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             preset=args.preset,
             **{k: _parse_value(v) for k, v in overrides.items()},
         )
-        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey).
-        binarize = settings.pop("binarize", "static" if model.data_kind == "binary" else None)
-        if model.data_kind != "binary":
-            if args.binarize is not None:
-                raise ValueError(f"{model.name} with these settings models grey levels, "
-                                 f"not binary images: drop --binarize {args.binarize}")
-            binarize = None
+        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey);
+        # a preset's binarization is its default, --binarize an explicit request.
+        binarize = binarization_for(
+            model, args.binarize, default=settings.pop("binarize", "static")
+        )
         data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
         run = {"data": data_cfg, "preset": args.preset}
     train, val = (
@@ -185,7 +329,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         for split in ("train", "val")
     )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}", flush=True)
+    precision = settings.get("precision", "fp32")
+    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}, "
+          f"on {device}" + (f" ({precision})" if precision != "fp32" else ""), flush=True)
     try:
         history = genlab.fit(
             model,
@@ -195,6 +341,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             resume=args.resume,
             progress=not args.quiet,
             run_config=run,
+            device=device,
             **settings,
         )
     except Interrupted as e:
@@ -208,12 +355,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from genlab.images import save_grid
+    from genlab.images import grid_format, save_grid
 
-    model = load(args.run)
+    out = Path(args.out or Path(args.run) / "samples.png")
+    grid_format(out)  # an unknown suffix is refused before minutes of sampling
+    model = load(args.run, device=args.device)
+    # The samples (float32) and their grid; the model's own working memory comes on top.
+    _check_fits(2 * args.n * model.n_pixels * 4, f"{args.n} samples", "-n")
     torch.manual_seed(args.seed)
     x = model.sample(args.n)
-    out = Path(args.out or Path(args.run) / "samples.png")
     save_grid(x, out)
     print(f"wrote {args.n} samples to {out}")
 
@@ -238,7 +388,8 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None) -> An
 def cmd_eval(args: argparse.Namespace) -> None:
     from genlab.metrics import nll
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
+    require(model, "log_prob")
     data = _run_data(args.run, args.data, args.split, args.limit)
     # Estimated likelihoods use the model's own default sample count unless -k is given.
     kwargs = {} if model.exact or args.k is None else {"k": args.k}
@@ -248,71 +399,140 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report.__dict__, indent=2))
 
 
-def cmd_score(args: argparse.Namespace) -> None:
-    from genlab.metrics import bits_per_dim, log_probs
+# score's CSV columns: one tidy row per image. method and k repeat on every row so that CSVs
+# of several runs concatenate (pandas.concat) without losing how each number was computed.
+SCORE_COLUMNS = ("image", "log_prob_nats", "bits_per_dim", "anomaly_score", "method", "k")
 
-    model = load(args.run)
+
+def _file_order(names: list[str]) -> list[int]:
+    """Row order for ``names``: relative paths sorted as the folder lists them (class
+    sub-folders, then files), whatever order the data source keeps its images in."""
+    from pathlib import PurePosixPath
+
+    return sorted(range(len(names)), key=lambda i: PurePosixPath(names[i]).parts)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from genlab.metrics import bits_per_dim, check_finite, log_probs, method_of
+
+    model = load(args.run, device=args.device)
+    require(model, "log_prob")
     data = _run_data(args.run, args.images, "all", None)
-    lp = log_probs(model, data, **({} if model.exact else {"k": args.k}))
+    k = None if model.exact else args.k
+    lp = log_probs(model, data, **({} if k is None else {"k": k}))
+    check_finite(lp, data, allow_impossible=True)  # -inf: an image the model rules out
+    method, k = method_of(model, k)
+    paths = getattr(data, "paths", None)
+    names = list(paths) if paths else [str(i) for i in range(len(lp))]
+    order = _file_order(names) if paths else list(range(len(names)))
     out = Path(args.out)
-    names = data.paths if getattr(data, "paths", None) else [str(i) for i in range(len(lp))]
-    rows = ["image,log_prob_nats,bits_per_dim,anomaly_score"]
-    for name, v in zip(names, lp.tolist(), strict=True):
-        rows.append(f"{name},{v:.4f},{bits_per_dim(-v, model.n_pixels):.5f},{-v:.4f}")
-    out.write_text("\n".join(rows) + "\n")
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SCORE_COLUMNS)
+        for i in order:
+            v = float(lp[i])
+            writer.writerow([names[i], f"{v:.4f}", f"{bits_per_dim(-v, model.n_pixels):.5f}",
+                             f"{-v:.4f}", method, "" if k is None else k])
     print(
         f"scored {len(lp)} images ({data.describe()}); mean log-likelihood "
-        f"{float(lp.mean()):.2f} nats; wrote {out}"
+        f"{float(lp.mean()):.2f} nats ({method}{'' if k is None else f', k={k}'}); wrote {out}"
     )
+
+
+def _npz_path(path: str) -> Path:
+    """Where np.savez writes ``path``: it appends .npz to a name without it."""
+    out = Path(path)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
 
     from genlab.data import Loader
+    from genlab.models.base import atomic_write
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
+    require(model, "encode")
     data = _run_data(args.run, args.data, args.split, args.limit)
-    with torch.no_grad():
-        feats = [model.encode(b["x"]) for b in Loader(data, 500, shuffle=False, drop_last=False)]
+    feats = [model.encode(b["x"].to(model.device)).cpu()
+             for b in Loader(data, 500, shuffle=False, drop_last=False)]
     z = torch.cat(feats).numpy()
     arrays = {"z": z}
     if data.y is not None:
         arrays["y"] = data.y.numpy()
-    np.savez(args.out, **arrays)
-    print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {args.out}")
+    out = _npz_path(args.out)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez adds no suffix to the temporary name
+            np.savez(f, **arrays)
+
+    atomic_write(out, write)
+    print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {out}")
+
+
+def _add_device(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--device",
+        default="auto",
+        help=f"{', '.join(DEVICES)} (default auto: CUDA if torch sees a GPU, else CPU)",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse would print the whole usage block first)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _subcommand(sub: Any, name: str, help: str, example: str, common: argparse.ArgumentParser,
+                more: str = "") -> argparse.ArgumentParser:
+    """A sub-parser whose --help ends with one example and which takes --debug too."""
+    epilog = f"example:\n  {example}" + (f"\n\n{more}" if more else "")
+    return sub.add_parser(
+        name, help=help, description=help, parents=[common],
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genlab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="genlab", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version",
+                   version=f"genlab {__version__} (torch {torch.__version__})")
+    # --debug after the subcommand too; SUPPRESS keeps a sub-parser from resetting the top one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="models, what each supports, its paper").set_defaults(fn=cmd_list)
+    def add(name: str, help: str, example: str, more: str = "") -> argparse.ArgumentParser:
+        return _subcommand(sub, name, help, example, common, more)
 
-    s = sub.add_parser("params", help="parameter counts of the per-pixel baselines")
-    s.add_argument("--pixels", type=_positive_int, default=784)
+    add("list", "models, what each supports, its paper", "genlab list").set_defaults(fn=cmd_list)
+
+    s = add("params", "parameter counts of the per-pixel baselines", "genlab params --pixels 784")
+    s.add_argument("--pixels", type=_pixels, default=784)
     s.set_defaults(fn=cmd_params)
 
-    s = sub.add_parser("train", help="train a model; writes a run folder")
+    s = add("train", "train a model; writes a run folder",
+            "genlab train nade --data mnist --preset cpu --time-budget 10m --out runs/nade",
+            more=f"data sources (--data):\n{describe_sources()}")
     s.add_argument("model", nargs="?", default=None, help=f"one of: {', '.join(MODELS)}")
-    s.add_argument(
-        "--data",
-        help="mnist (the default), fashion-mnist, an IDX folder, a .npz file or an image folder",
-    )
+    s.add_argument("--data", help=sources_help() + " (default mnist)")
     s.add_argument("--preset", choices=("cpu", "paper"), help="default cpu")
     s.add_argument("--out", help="run folder (default runs/MODEL)")
     s.add_argument("--steps", type=_positive_int)
-    s.add_argument("--time-budget", help="e.g. 90s, 10m, 1h")
+    s.add_argument("--time-budget", type=_duration, help="e.g. 90s, 10m, 1h")
     s.add_argument("--batch-size", type=_positive_int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--clip", type=float)
+    s.add_argument("--lr", type=_positive_float)
+    s.add_argument("--clip", type=_positive_float, help="clip the gradient norm to this")
     s.add_argument("--schedule", choices=("constant", "cosine"))
     s.add_argument("--seed", type=int)
     s.add_argument("--binarize", choices=("static", "dynamic", "threshold"))
     s.add_argument(
         "--patience",
-        type=int,
+        type=_positive_int,
         help="stop after N validations without improvement; the best weights are kept",
     )
     s.add_argument("--val-every", type=_positive_int, help="validate every N steps (default 500)")
@@ -334,8 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         default=[],
+        type=_setting,
         metavar="KEY=VALUE",
         help="model setting, e.g. --set hidden=100",
+    )
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: bfloat16 autocast of the training loss, CUDA only (default fp32)",
     )
     s.add_argument(
         "--resume",
@@ -343,44 +569,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out; budgets, --lr, --clip and intervals may change",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(fn=cmd_train)
+    _add_device(s)
+    s.set_defaults(fn=cmd_train, check=_check_train)
 
-    s = sub.add_parser("sample", help="write a grid of samples")
+    s = add("sample", "write a grid of samples (.png, .jpg or .webp)",
+            "genlab sample runs/nade -n 64 --out grid.png")
     s.add_argument("run")
     s.add_argument("-n", type=_positive_int, default=64)
-    s.add_argument("--out")
+    s.add_argument("--out", help="default RUN/samples.png")
     s.add_argument("--seed", type=int, default=0)
+    _add_device(s)
     s.set_defaults(fn=cmd_sample)
 
-    s = sub.add_parser("eval", help="test NLL in nats and bits/dim")
+    s = add("eval", "test NLL in nats and bits/dim", "genlab eval runs/nade --limit 1000")
     s.add_argument("run")
     s.add_argument("--data", help="default: the data the run was trained on")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
     s.add_argument(
-        "-k", type=_positive_int, default=None,
+        "-k", type=_importance_samples, default=None,
         help="samples for estimated likelihoods (default: the model's; VAE 5000, RNADE 1)",
     )
     s.add_argument("--batch-size", type=_positive_int, default=500)
     s.add_argument("--json", help="also write the report as JSON")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("score", help="per-image log-likelihood / anomaly score as CSV")
+    s = add("score", "per-image log-likelihood / anomaly score as CSV, in file order; columns "
+            + ", ".join(SCORE_COLUMNS), "genlab score runs/nade images/ --out scores.csv")
     s.add_argument("run")
-    s.add_argument("images", help="an image folder, .npz, IDX folder or dataset name")
+    s.add_argument("images", help=sources_help())
     s.add_argument("--out", default="scores.csv")
     s.add_argument(
-        "-k", type=_positive_int, default=1000, help="importance samples for latent models"
+        "-k", type=_importance_samples, default=1000,
+        help="samples for estimated likelihoods (latent models, RNADE); default 1000",
     )
+    _add_device(s)
     s.set_defaults(fn=cmd_score)
 
-    s = sub.add_parser("encode", help="features of a dataset as .npz (z, y)")
+    s = add("encode", "features of a dataset as .npz (z, y)",
+            "genlab encode runs/vae --data mnist --out feats.npz")
     s.add_argument("run")
     s.add_argument("--data")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
-    s.add_argument("--out", default="features.npz")
+    s.add_argument("--out", default="features.npz", help="a .npz file (.npz is appended)")
+    _add_device(s)
     s.set_defaults(fn=cmd_encode)
     return p
 
@@ -391,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a model name (or --resume --out RUN)")
     try:
+        if getattr(args, "check", None) is not None:
+            args.check(args)
         args.fn(args)
     except KeyboardInterrupt as e:
         # fit's Interrupted says at which step it stopped and how to resume; 130 or 143.

@@ -8,7 +8,10 @@ stopping, best weights), sample grids, ``metrics.jsonl`` and TensorBoard, a prog
 log lines when not on a terminal), and a run folder that is locked while a run trains in it,
 checkpointed every N steps, every few minutes and on SIGINT/SIGTERM, and resumed exactly. A
 step whose loss, gradients or updated weights are not finite is never checkpointed. Launched
-under ``torchrun``, the same loop trains data-parallel (gradients averaged with ``all_reduce``).
+under ``torchrun``, the same loop trains data-parallel (gradients averaged with ``all_reduce``,
+buffers such as BatchNorm statistics synchronised after each step). The model and every batch
+sit on the requested device (``genlab.devices``); ``precision="bf16"`` autocasts the training
+loss on CUDA.
 """
 
 from __future__ import annotations
@@ -31,8 +34,16 @@ import torch
 from torch import Tensor
 
 from genlab.data import Dataset, Loader
+from genlab.devices import autocast, check_precision, fork_rng, resolve_device, to_device
 from genlab.images import save_grid
-from genlab.models.base import GenerativeModel, RunError, atomic_write, no_space, read_config
+from genlab.models.base import (
+    GenerativeModel,
+    RunError,
+    atomic_write,
+    check_new_run,
+    no_space,
+    read_config,
+)
 
 try:  # POSIX; elsewhere run folders are not locked
     import fcntl
@@ -170,12 +181,14 @@ def train_step(
     *,
     clip: float | None = None,
     world: int = 1,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One training step: each player in ``model.players_at(step)`` in turn; returns the logs.
 
     A player whose loss or gradient norm is not finite is not stepped; one whose weights the
     update made non-finite (Adam can overflow them) is left as it is. Both raise TrainingError
-    naming the step and the player, so ``fit`` never checkpoints such a state.
+    naming the step and the player, so ``fit`` never checkpoints such a state. ``batch`` is on
+    the model's device; ``precision="bf16"`` autocasts the loss.
     """
     model.on_step(step)
     logs: dict[str, float] = {}
@@ -183,7 +196,8 @@ def train_step(
         opt = optimizers[player]
         params = list(model.parameters_for(player))
         opt.zero_grad(set_to_none=True)
-        loss, extra = model.loss(batch, player)
+        with autocast(model.device, precision):
+            loss, extra = model.loss(batch, player)
         loss.backward()
         # Under DDP every rank checks the averaged loss, so all ranks stop at the same step.
         seen = _average_gradients(params, world, loss.detach()) if world > 1 else loss.detach()
@@ -257,6 +271,8 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> History:
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
@@ -275,6 +291,9 @@ def fit(
     budgets, intervals...) take the new values, recorded in config.json. ``run_config`` (data
     and training settings) is stored in config.json; without a "data" entry the data's
     ``origin`` (set by ``genlab.data.load``) is, so ``genlab eval RUN`` works on the run.
+    ``device``: "auto" (CUDA if there is a GPU, else CPU), "cpu", "cuda", "cuda:N" or "mps"; the
+    model is moved there and stays there. ``precision``: "fp32", or "bf16" (CUDA only) for
+    bfloat16 autocast around the training loss; validation and log_prob stay in full precision.
     """
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
@@ -289,7 +308,7 @@ def fit(
         "schedule": schedule, "clip": clip, "seed": seed, "val_every": val_every,
         "val_limit": val_limit, "patience": patience, "restore_best": restore_best,
         "sample_every": sample_every, "sample_n": sample_n, "ckpt_every": ckpt_every,
-        "log_every": log_every,
+        "log_every": log_every, "precision": precision,
     }  # fmt: skip
     grid_n = sample_n or getattr(model, "sample_n_default", 64)
     folder = Path(out) if out is not None else None
@@ -297,7 +316,10 @@ def fit(
         raise ValueError("resume needs the run folder (out=...)")
     if resume and not (folder / "trainer.pt").exists():
         raise RunError(f"nothing to resume in {folder}: trainer.pt is missing")
-    rank, world = _distributed_setup(model)
+    device = resolve_device(device)
+    check_precision(precision, device)
+    model.to(device)
+    rank, world = _distributed_setup(model, device)
     torch.manual_seed(seed)
     random.seed(seed)
     loader = Loader(data, batch_size, seed=seed, rank=rank, world_size=world)
@@ -320,10 +342,8 @@ def fit(
             run.lock()  # before anything reads or writes the folder
         if resume:
             _restore(folder, model, optimizers, history)
-        elif folder is not None and (folder / "trainer.pt").exists():
-            raise RunError(
-                f"{folder} already holds a run: resume it (--resume) or choose another --out"
-            )
+        elif folder is not None:
+            check_new_run(folder)
         train_config = _train_config(folder, resume, run_config, settings, data, history.step)
         if run is not None:
             run.start(model, optimizers, history, train_config, fresh=not resume)
@@ -347,8 +367,12 @@ def fit(
                 for p, opt in optimizers.items():
                     for g, base in zip(opt.param_groups, base_lrs[p], strict=True):
                         g["lr"] = base * factor
-                batch = loader.batch(step)
-                logs = train_step(model, optimizers, batch, step, clip=clip, world=world)
+                batch = to_device(loader.batch(step), device)
+                logs = train_step(
+                    model, optimizers, batch, step, clip=clip, world=world, precision=precision
+                )
+                if world > 1:
+                    _sync_buffers(model)
                 history.step = step = step + 1
                 elapsed = time.perf_counter() - t_start
                 bar.update(step, elapsed, logs)
@@ -472,6 +496,7 @@ def validate(
     for batch in Loader(data, batch_size, shuffle=False, drop_last=False, seed=12345):
         if limit is not None and count >= limit:
             break
+        batch = to_device(batch, model.device)
         loss, _ = model.loss(batch, model.players[0])
         b = len(batch["x"])
         total += float(loss) * b
@@ -585,7 +610,7 @@ class _RunFolder:
     def grid(self, model: GenerativeModel, step: int, n: int, bar: _Progress) -> None:
         bar.note(f"sampling {n} images", status=True)
         # Sampling must not disturb the training RNG stream, or resume would not be exact.
-        with torch.random.fork_rng():
+        with fork_rng(model.device):
             torch.manual_seed(step)
             model.eval()
             x = model.sample(n)
@@ -621,6 +646,10 @@ class _RunFolder:
             "model": model.state_dict(),
             "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
             "rng_torch": torch.get_rng_state(),
+            # Models draw their noise on their own device: CUDA has its own generator to restore.
+            "rng_cuda": (
+                torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None
+            ),
             "rng_python": list(random.getstate()[1]),
             "rng_python_pos": random.getstate()[2],
         }
@@ -715,7 +744,9 @@ def _restore(
 ) -> None:
     path = folder / "trainer.pt"
     try:
-        state = torch.load(path, weights_only=True)
+        # Tensors come back on the CPU (a run trained on a GPU resumes anywhere); loading copies
+        # them onto the model's and the optimizers' device.
+        state = torch.load(path, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
         for p, o in optimizers.items():
             o.load_state_dict(state["optimizers"][p])
@@ -730,6 +761,8 @@ def _restore(
     history.since_best = int(state["since_best"])
     history.best_state = state["best_state"] or None
     torch.set_rng_state(state["rng_torch"])
+    if state.get("rng_cuda") is not None and model.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], model.device)
     random.setstate((3, tuple(state["rng_python"]), state["rng_python_pos"]))
     history.records = _read_metrics(folder / "metrics.jsonl", history.step)
 
@@ -881,15 +914,20 @@ class _Progress:
 # ---- data parallelism ------------------------------------------------------------------------
 
 
-def _distributed_setup(model: GenerativeModel) -> tuple[int, int]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group and start from rank 0's weights."""
+def _distributed_setup(model: GenerativeModel, device: torch.device) -> tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group and start from rank 0's weights.
+
+    NCCL when the model is on a GPU (each rank on its own, see ``resolve_device``), else gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     for t in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(t.data, src=0)
     return dist.get_rank(), dist.get_world_size()
@@ -904,8 +942,39 @@ def _average_gradients(params: Any, world: int, loss: Tensor) -> Tensor:
     flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1)])
     dist.all_reduce(flat)
     flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    _unflatten(flat, grads)
     return flat[-1]
+
+
+def _sync_buffers(model: GenerativeModel) -> None:
+    """Make every rank's buffers equal after a step: each rank updated running statistics
+    (BatchNorm means and variances, running averages) from its own share of the batch, so
+    floating buffers are averaged; counters and flags (num_batches_tracked...) are integers
+    that an average could not represent, and all ranks count alike, so rank 0's are kept.
+    Buffers left out of the state dict (masks, index tables) are derived from the config, equal
+    on every rank by construction, and never change: they are not sent."""
+    import torch.distributed as dist
+
+    saved = model.state_dict(keep_vars=True)
+    floats: dict[torch.dtype, list[Tensor]] = {}
+    others: list[Tensor] = []
+    for name, b in model.named_buffers():
+        if name in saved:
+            (floats.setdefault(b.dtype, []) if b.is_floating_point() else others).append(b)
+    world = dist.get_world_size()
+    for group in floats.values():  # one all_reduce per dtype, not one per buffer
+        flat = torch.cat([b.reshape(-1) for b in group])
+        dist.all_reduce(flat)
+        flat /= world
+        _unflatten(flat, group)
+    if others:  # int64 holds every integer and bool buffer exactly
+        flat = torch.cat([b.reshape(-1).to(torch.int64) for b in others])
+        dist.broadcast(flat, src=0)
+        _unflatten(flat, others)
+
+
+def _unflatten(flat: Tensor, tensors: list[Tensor]) -> None:
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
