@@ -266,10 +266,11 @@ def _resume_settings(args: argparse.Namespace, out: Path) -> tuple[Any, dict, di
         if new is not None and new != old
     ]
     config = stored.get("model_config", {})
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        if config.get(key, object()) != _parse_value(value):
-            refused.append(f"--set {kv} (the run has {key}={config.get(key)})")
+    typed = dict(kv.partition("=")[::2] for kv in args.set)
+    for key, value in parse_overrides(MODELS[stored["model"]], args.set).items():
+        # compared as config.json holds it: a tuple (64,) is the list [64] there
+        if config.get(key, object()) != json.loads(json.dumps(value)):
+            refused.append(f"--set {key}={typed[key]} (the run has {key}={config.get(key)})")
     if refused:
         raise ValueError(
             f"--resume continues {out} as it was built and fed: drop {'; '.join(refused)}, "

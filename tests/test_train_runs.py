@@ -318,6 +318,11 @@ def test_resume_takes_the_flags_it_can_and_refuses_the_others(tmp_path, capsys):
     saved = torch.load(run / "trainer.pt", weights_only=True)
     assert saved["step"] == 6
     assert saved["optimizers"]["model"]["param_groups"][0]["lr"] < 0.01  # cosine, from 0.01
+    # a setting config.json holds in another form (the tuple (8,) as [8]) is the same setting
+    vae = ["train", "vae", "--data", "synthetic:bars", "--set", "hidden=8", "--set", "latent=2",
+           "--sample-every", "0", "--quiet", "--out", str(tmp_path / "vae")]  # fmt: skip
+    assert main([*vae, "--steps", "2"]) == 0
+    assert main([*vae, "--steps", "4", "--resume"]) == 0, capsys.readouterr().err
 
 
 def test_resume_from_python_refuses_other_batches(tmp_path):
