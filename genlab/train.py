@@ -345,6 +345,10 @@ def fit(
         elif folder is not None:
             check_new_run(folder)
         train_config = _train_config(folder, resume, run_config, settings, data, history.step)
+        if world > 1:  # every rank has checked the folder before rank 0 writes into it
+            import torch.distributed as dist
+
+            dist.barrier()
         if run is not None:
             run.start(model, optimizers, history, train_config, fresh=not resume)
 

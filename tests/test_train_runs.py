@@ -175,6 +175,42 @@ def test_a_second_signal_stops_at_once_and_keeps_the_checkpoint_before(tmp_path)
     assert isinstance(e.value, KeyboardInterrupt)  # a script that does not catch it stops
 
 
+def _ddp_budget_worker(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    # a minute, not gloo's half hour: ranks that disagree on the last step fail, not hang
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    data = synthetic("bars", n=64, shape=(1, 4, 4), seed=2)
+    steps = []
+    for budget, resume in ((0.3, False), (0.6, True)):
+        h = fit(tiny("nade"), data, time_budget=budget, batch_size=4, val_data=data,
+                val_every=7, out=out, resume=resume, progress=False)  # fmt: skip
+        steps.append(h.step)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(steps))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_agree_when_the_time_budget_ends_and_resume(tmp_path):
+    """Each rank's clock reaches the budget at another step: they must stop at the same one."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.spawn(_ddp_budget_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 and 0 < r0[0] < r0[1] and checkpoint_step(out) == r0[1]
+
+
 # ---- the lock ------------------------------------------------------------------------------
 
 
