@@ -303,21 +303,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         args.data, args.preset = args.data or "mnist", args.preset or "cpu"
         settings = _train_settings(cls, args)
         seed = settings.get("seed", 0)
-        overrides = dict(kv.split("=", 1) for kv in args.set)
+        overrides = parse_overrides(cls, args.set)
         probe = load_data(args.data, "train", seed=seed, limit=8)
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        model = create(
-            args.model,
-            shape=probe.shape,
-            preset=args.preset,
-            **{k: _parse_value(v) for k, v in overrides.items()},
-        )
+        model = create(args.model, shape=probe.shape, preset=args.preset, **overrides)
         # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey);
         # a preset's binarization is its default, --binarize an explicit request.
         binarize = binarization_for(
             model, args.binarize, default=settings.pop("binarize", "static")
         )
-        data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
+        # The source as the data package resolved it: a relative path is stored absolute, so
+        # eval/score/encode find the data from any working directory.
+        source = (probe.origin or {}).get("source", args.data)
+        data_cfg = {"source": source, "binarize": binarize, "seed": seed, "limit": args.limit}
         run = {"data": data_cfg, "preset": args.preset}
     train, val = (
         load_data(

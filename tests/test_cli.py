@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -399,3 +400,22 @@ def test_every_subcommand_help_shows_an_example():
 def test_params_for_many_pixels_prints_scientific_form(capsys):
     code, out, _ = run(capsys, "params", "--pixels", "100000")
     assert code == 0 and "≈ 9.99 × 10^30102 (30,103 digits)" in out and len(out) < 1000
+
+
+def test_a_relative_data_path_is_stored_resolved(tmp_path, capsys, monkeypatch):
+    """`--data digits.npz` typed in one folder; eval run from another still finds the data."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 4, 4)) > 0.5).astype(np.uint8) * 255
+    (tmp_path / "a").mkdir()
+    np.savez(tmp_path / "a" / "digits.npz", x=x)
+    monkeypatch.chdir(tmp_path / "a")
+    code, _, err = run(capsys, "train", "independent", "--data", "digits.npz", "--steps", "3",
+                       "--batch-size", "8", "--sample-every", "0", "--quiet",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"]
+    assert stored["source"] == str(tmp_path / "a" / "digits.npz")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "eval", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    assert "nats" in out
