@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from genlab.completion import Request, categorical, is_prefix, progress_bar
 from genlab.models.base import GenerativeModel
-from genlab.nn import levels_index, off_grid
+from genlab.nn import full_precision, levels_index, off_grid
 from genlab.orderings import ordering, split_cond
 
 _MAX_BLOCK = 8  # pixels per block: larger blocks waste work on the triangular mask
@@ -98,6 +98,7 @@ class _Conditionals(torch.autograd.Function):
     """
 
     @staticmethod
+    @full_precision
     def forward(ctx, ys: Tensor, W: Tensor, c: Tensor, rho: Tensor, V: Tensor, b: Tensor,
                 act: str) -> Tensor:
         D, B = ys.shape
@@ -123,6 +124,7 @@ class _Conditionals(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
         ys, W, c, rho, V, starts = ctx.saved_tensors
         g = g.masked_fill(g.abs() < _TINY, 0)  # no denormals into the matmuls
