@@ -148,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         run_config=run,
         sample_every=args.sample_every,
+        threads=args.threads,
         **settings,
     )
     msg = f"stopped after {history.step} steps ({history.stopped}, {history.elapsed:.0f} s)"
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--threads", type=_positive_int,
+                   help="torch threads (default: the cores other processes leave idle)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("sample", help="write a grid of samples")

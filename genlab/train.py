@@ -25,6 +25,7 @@ from torch import Tensor
 from genlab.data import Dataset, Loader
 from genlab.images import save_grid
 from genlab.models.base import GenerativeModel, RunError, atomic_write
+from genlab.threads import ThreadGovernor
 
 
 class TrainingError(RuntimeError):
@@ -79,6 +80,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
@@ -89,6 +91,7 @@ def fit(
     ``out``: run folder (config.json, model.safetensors, trainer.pt, metrics.jsonl, TensorBoard
     events, samples/step-N.png). ``resume=True`` continues a killed run exactly where its last
     checkpoint left it. ``run_config`` (data and training settings) is stored in config.json.
+    ``threads``: torch threads; by default the idle cores, re-measured (genlab.threads).
     """
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
@@ -129,9 +132,11 @@ def fit(
     bar = _progress_bar(progress and rank == 0, steps, history.step)
     t_start = time.perf_counter() - history.elapsed
     seen_at, seen_t = history.step, time.perf_counter()
+    governor = ThreadGovernor(threads)
     model.train()
     try:
         while True:
+            governor.tick()
             step = history.step
             history.elapsed = time.perf_counter() - t_start
             if steps is not None and step >= steps:
@@ -213,6 +218,7 @@ def fit(
                 history.stopped = "early stopping"
                 break
     finally:
+        governor.close()
         if bar is not None:
             bar.close()
     history.elapsed = time.perf_counter() - t_start
