@@ -1,13 +1,16 @@
 """Training throughput on a machine that other jobs share: genlab's thread policy against
 the fixed thread count genlab used before, for NADE, PixelCNN and the VAE.
 
-    python benchmarks/under_load.py                    # about 4 minutes on 2 cores
+    python benchmarks/under_load.py                    # 18 measurements, about 4 minutes
     python benchmarks/under_load.py nade --seconds 4   # a quick check
 
 Every configuration first runs on the machine as it is ("idle": run this on an idle
 machine), then again while two competing jobs run, which the script starts and stops
 itself: each is a torch process with two threads computing ``a = torch.tanh(a @ a)`` on
-256x256 matrices without end (another training run, in miniature). Each measurement is a
+256x256 matrices without end (another training run, in miniature), in a session of its own as
+a job started from another terminal is. (Linux's autogroup scheduling, on by default, shares
+the CPU equally between sessions rather than between threads: ``--same-session`` puts the
+jobs in this script's session to see the other case.) Each measurement is a
 fresh process, as a training run is, timing full training steps (forward, backward, Adam)
 on random binary 28x28 batches at the ``cpu`` preset's model and batch size, after a warm-up
 long enough for the governor's first decisions; the governor ticks once per step, as in
@@ -19,9 +22,10 @@ long enough for the governor's first decisions; the governor ticks once per step
   at once instead of spinning; it only works when set before torch starts).
 
 Prints a Markdown table for RESULTS.md: images/s idle and loaded, the loaded/idle ratio (the
-target: at least 0.45 with the policy), the thread counts the policy chose, and the cores that
-other processes kept busy during each measurement (near 0 in the idle column, or the idle
-numbers are not idle).
+target: at least 0.45 with the policy), the thread counts the policy chose, this process's
+CPU time per image (it grows where threads spin instead of working) and the cores that other
+processes kept busy during each measurement (near 0 in the idle column, or the idle numbers
+are not idle).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from speed import batch_for, machine_line, matmul_peak, train_step
@@ -75,9 +80,9 @@ def measure(name: str, mode: str, seconds: float) -> dict[str, float]:
             step, n = step + 1, n + 1
         return n, seen
 
-    # Two steps warm up allocations (and compile NADE's sweep); the policy also gets time for
-    # its first decisions (after 0.25 s, then every 2 s).
-    run(3.0 if fixed is None else 0.0, 2)
+    # Two steps warm up allocations (and compile NADE's sweep); the policy also gets the time
+    # of its first decision (0.25 s), and decides again every 2 s while it is timed.
+    run(1.0 if fixed is None else 0.0, 2)
     probe = system_probe(usable_cpus())
     before = probe() if probe else None
     start, cpu = time.perf_counter(), time.process_time()
@@ -101,9 +106,9 @@ def in_child(name: str, mode: str, seconds: float) -> dict[str, float]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def start_competitors(n: int) -> list[subprocess.Popen]:
+def start_competitors(n: int, own_sessions: bool) -> list[subprocess.Popen]:
     jobs = [subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE,
-                             text=True) for _ in range(n)]
+                             text=True, start_new_session=own_sessions) for _ in range(n)]
     for job in jobs:  # wait until each computes, so that no measurement sees a half load
         job.stdout.readline()
     return jobs
@@ -115,14 +120,29 @@ def stop(jobs: list[subprocess.Popen]) -> None:
         job.wait()
 
 
+def autogroup() -> str:
+    """Whether Linux shares the CPU between sessions (autogroup) rather than between threads."""
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return "unknown"
+    return "on" if on else "off"
+
+
 def threads_text(r: dict) -> str:
     return "/".join(str(t) for t in r["threads"])
 
 
+def cpu_ms(r: dict) -> float:
+    """This process's CPU time per image: it grows where threads spin instead of working."""
+    return 1000 * r["own"] / r["img_s"]
+
+
 def report(results: dict, names: list[str]) -> None:
     print("| model | batch | threads | idle img/s | loaded img/s | loaded / idle | "
-          "threads idle → loaded | other processes' load idle → loaded (cores) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "threads idle → loaded | CPU ms per image idle → loaded | "
+          "other processes' load idle → loaded (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         for mode in MODES:
             idle, loaded = results[name, mode, "idle"], results[name, mode, "loaded"]
@@ -130,7 +150,8 @@ def report(results: dict, names: list[str]) -> None:
             shown = f"**{ratio:.2f}**" if mode == "policy" else f"{ratio:.2f}"
             print(f"| {name} | {idle['batch']} | {mode} | {idle['img_s']:,.0f} | "
                   f"{loaded['img_s']:,.0f} | {shown} | {threads_text(idle)} → "
-                  f"{threads_text(loaded)} | {idle['others']:.2f} → {loaded['others']:.2f} |")
+                  f"{threads_text(loaded)} | {cpu_ms(idle):.2f} → {cpu_ms(loaded):.2f} | "
+                  f"{idle['others']:.2f} → {loaded['others']:.2f} |")
     print()
     for name in names:
         p_idle, p_loaded, f_idle, f_loaded = (
@@ -145,22 +166,28 @@ def report(results: dict, names: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("models", nargs="*", default=list(MODELS), choices=MODELS)
-    p.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
+    p.add_argument("models", nargs="*", default=list(MODELS), help=f"of {', '.join(MODELS)}")
+    p.add_argument("--seconds", type=float, default=6.0, help="timing window per measurement")
     p.add_argument("--competitors", type=int, default=2, help="competing jobs (default 2)")
+    p.add_argument("--same-session", action="store_true",
+                   help="start the competing jobs in this session, not each in its own")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if set(args.models) - set(MODELS):
+        p.error(f"models are among {', '.join(MODELS)}")
     if args.child:
         print(json.dumps(measure(args.models[0], args.child, args.seconds)))
         return
     t0 = time.perf_counter()
     print(machine_line(matmul_peak()))
-    print(f"{args.competitors} competing jobs of 2 threads each under load; "
-          f"{args.seconds:g} s per measurement")
+    where = "this script's session" if args.same_session else "a session each"
+    print(f"loaded: {args.competitors} competing jobs of 2 threads, {where}; autogroup "
+          f"scheduling {autogroup()}; {args.seconds:g} s per measurement")
     print()
     results = {}
     for condition in ("idle", "loaded"):
-        jobs = start_competitors(args.competitors) if condition == "loaded" else []
+        jobs = (start_competitors(args.competitors, not args.same_session)
+                if condition == "loaded" else [])
         try:
             for name in args.models:
                 for mode in MODES:
