@@ -19,7 +19,9 @@ long enough for the governor's first decisions; the governor ticks once per step
 - policy: genlab's default, ``ThreadGovernor()`` (threads = idle cores, at least 1);
 - fixed: torch's default thread count throughout, what genlab did before (``threads=N``);
 - fixed, passive: the same with OMP_WAIT_POLICY=passive (OpenMP threads sleep at a barrier
-  at once instead of spinning; it only works when set before torch starts).
+  at once instead of spinning; it only works when set before torch starts);
+- 1 thread, idle only: the speed the policy's one thread would have on its own, so that the
+  loaded policy's speed over it is the share of a core the scheduler gave this process.
 
 Prints a Markdown table for RESULTS.md: images/s idle and loaded, the loaded/idle ratio (the
 target: at least 0.45 with the policy), the thread counts the policy chose, this process's
@@ -45,7 +47,13 @@ import genlab
 from genlab.threads import ThreadGovernor, others_busy, system_probe, usable_cpus
 
 MODELS = ("nade", "pixelcnn", "vae")
-MODES = {"policy": {}, "fixed": {}, "fixed, passive": {"OMP_WAIT_POLICY": "passive"}}
+# name: (threads: None for the policy, 0 for torch's default; environment; measured loaded)
+MODES: dict[str, tuple[int | None, dict[str, str], bool]] = {
+    "policy": (None, {}, True),
+    "fixed": (0, {}, True),
+    "fixed, passive": (0, {"OMP_WAIT_POLICY": "passive"}, True),
+    "1 thread": (1, {}, False),
+}
 TARGET = 0.45  # the share of its idle throughput training must keep under the load below
 # Thread settings a user's shell may hold; the measurements are of the defaults.
 _CLEAR = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -62,8 +70,8 @@ while True:
 
 def measure(name: str, mode: str, seconds: float) -> dict[str, float]:
     """Train-step throughput of one model in this process (the child's side)."""
-    fixed = torch.get_num_threads() if mode != "policy" else None
-    governor = ThreadGovernor(fixed)
+    fixed = MODES[mode][0]
+    governor = ThreadGovernor(fixed or (None if fixed is None else torch.get_num_threads()))
     torch.manual_seed(0)
     model = genlab.create(name, shape=(1, 28, 28), preset="cpu")
     batch_size = type(model).presets["cpu"]["train"]["batch_size"]
@@ -99,7 +107,7 @@ def measure(name: str, mode: str, seconds: float) -> dict[str, float]:
 
 
 def in_child(name: str, mode: str, seconds: float) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAR} | MODES[mode]
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAR} | MODES[mode][1]
     cmd = [sys.executable, __file__, name, "--child", mode, "--seconds", str(seconds)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True,
                           timeout=120 + 10 * seconds)
@@ -145,7 +153,11 @@ def report(results: dict, names: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         for mode in MODES:
-            idle, loaded = results[name, mode, "idle"], results[name, mode, "loaded"]
+            idle, loaded = results[name, mode, "idle"], results.get((name, mode, "loaded"))
+            if loaded is None:
+                print(f"| {name} | {idle['batch']} | {mode} | {idle['img_s']:,.0f} | – | – | "
+                      f"{threads_text(idle)} | {cpu_ms(idle):.2f} | {idle['others']:.2f} |")
+                continue
             ratio = loaded["img_s"] / idle["img_s"]
             shown = f"**{ratio:.2f}**" if mode == "policy" else f"{ratio:.2f}"
             print(f"| {name} | {idle['batch']} | {mode} | {idle['img_s']:,.0f} | "
@@ -154,14 +166,15 @@ def report(results: dict, names: list[str]) -> None:
                   f"{idle['others']:.2f} → {loaded['others']:.2f} |")
     print()
     for name in names:
-        p_idle, p_loaded, f_idle, f_loaded = (
-            results[name, m, c] for m in ("policy", "fixed") for c in ("idle", "loaded"))
-        ratio = p_loaded["img_s"] / p_idle["img_s"]
+        speed = {(m, c): r["img_s"] for (n, m, c), r in results.items() if n == name}
+        ratio = speed["policy", "loaded"] / speed["policy", "idle"]
         verdict = "met" if ratio >= TARGET else "NOT met"
         print(f"- {name}: the policy keeps {ratio:.2f} of its idle throughput under load "
               f"(target ≥ {TARGET}: {verdict}); idle, policy / fixed = "
-              f"{p_idle['img_s'] / f_idle['img_s']:.2f}; loaded, policy / fixed = "
-              f"{p_loaded['img_s'] / f_loaded['img_s']:.1f}×")
+              f"{speed['policy', 'idle'] / speed['fixed', 'idle']:.2f}; loaded, policy / fixed "
+              f"= {speed['policy', 'loaded'] / speed['fixed', 'loaded']:.1f}×; loaded policy / "
+              f"idle 1 thread = {speed['policy', 'loaded'] / speed['1 thread', 'idle']:.2f} "
+              f"(the share of a core this process got, if the policy ran one thread)")
 
 
 def main() -> None:
@@ -190,8 +203,9 @@ def main() -> None:
                 if condition == "loaded" else [])
         try:
             for name in args.models:
-                for mode in MODES:
-                    results[name, mode, condition] = in_child(name, mode, args.seconds)
+                for mode, (_, _, under_load) in MODES.items():
+                    if condition == "idle" or under_load:
+                        results[name, mode, condition] = in_child(name, mode, args.seconds)
         finally:
             stop(jobs)
     report(results, args.models)
