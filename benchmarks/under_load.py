@@ -70,8 +70,11 @@ while True:
 
 def measure(name: str, mode: str, seconds: float) -> dict[str, float]:
     """Train-step throughput of one model in this process (the child's side)."""
-    fixed = MODES[mode][0]
-    governor = ThreadGovernor(fixed or (None if fixed is None else torch.get_num_threads()))
+    threads = MODES[mode][0]
+    policy = threads is None
+    if threads == 0:
+        threads = torch.get_num_threads()  # torch's default, held fixed
+    governor = ThreadGovernor(threads)
     torch.manual_seed(0)
     model = genlab.create(name, shape=(1, 28, 28), preset="cpu")
     batch_size = type(model).presets["cpu"]["train"]["batch_size"]
@@ -90,7 +93,7 @@ def measure(name: str, mode: str, seconds: float) -> dict[str, float]:
 
     # Two steps warm up allocations (and compile NADE's sweep); the policy also gets the time
     # of its first decision (0.25 s), and decides again every 2 s while it is timed.
-    run(1.0 if fixed is None else 0.0, 2)
+    run(1.0 if policy else 0.0, 2)
     probe = system_probe(usable_cpus())
     before = probe() if probe else None
     start, cpu = time.perf_counter(), time.process_time()

@@ -155,7 +155,7 @@ class ThreadGovernor:
         self._next = 0.0
         if self._probe is not None:
             self._last = self._probe()
-            self._next = self._last.wall + _FIRST
+            self._next = self._clock() + _FIRST
 
     @property
     def threads(self) -> int:
@@ -172,7 +172,7 @@ class ThreadGovernor:
             log.info("other processes keep %.1f of %d cores busy: %d torch thread(s)",
                      others, self.cores, k)
             torch.set_num_threads(k)
-        self._last, self._next = now, now.wall + self.interval
+        self._last, self._next = now, self._clock() + self.interval
         return k
 
     def close(self) -> None:
