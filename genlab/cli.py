@@ -7,23 +7,45 @@
     genlab eval runs/nade
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
+    (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
-Errors are one line a person can act on; ``--debug`` shows the traceback.
+Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
+the traceback. Values that make no sense are refused by the flag that took them, and checks
+that need no data run before any data is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genlab import __version__
+from genlab.data import binarization_for, describe_sources, sources_help
 from genlab.data import load as load_data
+from genlab.devices import DEVICES, PRECISIONS, resolve_device
 from genlab.models import MODELS, create, load
-from genlab.models.base import read_config
+from genlab.models.base import (
+    MAX_SUBPIXELS,
+    GenerativeModel,
+    RunError,
+    check_new_run,
+    read_config,
+    require,
+)
+from genlab.train import Interrupted, check_free, parse_interval
+
+# Beyond this, -k only costs time: log_prob draws its importance samples in chunks, so memory
+# stays flat, but k = 5000 already takes minutes on 10k MNIST images and 10^6 would take days.
+MAX_IMPORTANCE_SAMPLES = 10**6
 
 
 def _parse_value(text: str) -> Any:
@@ -36,6 +58,9 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# ---- argparse types: a value that makes no sense is refused at its flag, in one line ----------
+
+
 def _positive_int(text: str) -> int:
     """argparse type: counts (-n, --steps, --batch-size, --limit, -k) must be at least 1."""
     try:
@@ -45,6 +70,143 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: --lr, --clip: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> str:
+    """argparse type: --time-budget, e.g. 90s, 10m, 1.5h; finite and positive. Returns the text
+    itself, which the run's config.json records as given."""
+    from genlab.train import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except (ValueError, IndexError):  # IndexError: an empty string
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration such as 90s, 10m or 1.5h, got {text!r}"
+        )
+    return text.strip()
+
+
+def _count(text: str) -> int:
+    """argparse type: --sample-every: a whole number, 0 allowed (0 turns grids off)."""
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _interval(text: str) -> str:
+    """argparse type: --ckpt-every: steps, a duration or both (checked, kept as text)."""
+    try:
+        parse_interval(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _setting(text: str) -> str:
+    """argparse type: --set KEY=VALUE (its value is checked against the model in
+    :func:`parse_overrides`, once the model is known)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (e.g. --set hidden=100), got {text!r}"
+        )
+    return text
+
+
+def _pixels(text: str) -> int:
+    """argparse type: --pixels, from 1 to the most sub-pixels a genlab model takes."""
+    value = _positive_int(text)
+    if value > MAX_SUBPIXELS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SUBPIXELS} (the most sub-pixels a genlab model takes), got {value}"
+        )
+    return value
+
+
+def _importance_samples(text: str) -> int:
+    """argparse type: -k, importance samples per image."""
+    value = _positive_int(text)
+    if value > MAX_IMPORTANCE_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_IMPORTANCE_SAMPLES} samples per image, got {value} (k costs time, "
+            "not memory: k=5000 already takes minutes on 10k images)"
+        )
+    return value
+
+
+def parse_overrides(cls: type[GenerativeModel], sets: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` texts -> settings of ``cls.Config``, each checked against its field's
+    type: ``hidden=abc`` is "hidden must be an integer, got 'abc'"; an unknown key names the
+    valid ones. Values read as JSON (500, 1e-3, true), 'a,b' as a list; text fields take the
+    text as given."""
+    import typing
+
+    from genlab.models import SettingError, check_settings
+
+    kinds = typing.get_type_hints(cls.Config)
+    settings: dict[str, Any] = {}
+    for text in sets:
+        key, _, raw = _setting(text).partition("=")
+        key = key.strip()
+        value = raw if kinds.get(key) is str else _parse_value(raw)
+        try:
+            settings.update(check_settings(cls, {key: value}))
+        except SettingError as e:  # name the text the user typed, not its parsed form
+            raise SettingError(e.key, e.expected, raw) from None
+    return settings
+
+
+# ---- checks before any data is loaded -----------------------------------------------------------
+
+
+def _available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation, or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(need: int, what: str, flag: str) -> None:
+    """Refuse a request whose estimated memory exceeds what the machine has available."""
+    have = _available_memory()
+    if have is not None and need > have:
+        raise MemoryError(
+            f"{what} need about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB of memory is "
+            f"available: lower {flag}"
+        )
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """What `genlab train` can check before loading data: that no run trains in --out now, the
+    model name, its --set values, and that --out does not already hold a run."""
+    check_free(args.out or f"runs/{args.model}")
+    if args.resume:
+        return
+    cls = MODELS.get(args.model)
+    if cls is None:
+        raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    parse_overrides(cls, args.set)
+    args.out = args.out or f"runs/{args.model}"
+    check_new_run(args.out)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -62,95 +224,129 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(format_param_table(args.pixels))
 
 
+# Training flags --resume takes over (an extended budget, a lower learning rate...); the
+# others shape the data, the model or its batches, so resume refuses to change them.
+_RESUMABLE = (
+    "lr", "clip", "steps", "time_budget", "patience", "val_every", "ckpt_every", "sample_every",
+    "sample_n", "schedule", "precision",
+)  # fmt: skip
+
+
 def _train_settings(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Preset training settings, overridden by the flags the user gave."""
     settings = dict(cls.presets.get(args.preset, {}).get("train", {}))
-    for key in (
-        "batch_size",
-        "lr",
-        "steps",
-        "clip",
-        "seed",
-        "schedule",
-        "binarize",
-        "patience",
-        "val_every",
-    ):
+    settings.setdefault("sample_every", 500)
+    for key in ("batch_size", "seed", "binarize", *_RESUMABLE):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    if args.time_budget is not None:
-        settings["time_budget"] = args.time_budget
-        if args.steps is None:
-            settings.pop("steps", None)  # a time budget given alone replaces the preset's steps
+    if args.time_budget is not None and args.steps is None:
+        settings.pop("steps", None)  # a time budget given alone replaces the preset's steps
     return settings
+
+
+def _resume_settings(args: argparse.Namespace, out: Path) -> tuple[Any, dict, dict]:
+    """The stored run (model, "train" config, fit settings) with the flags --resume may change;
+    one line refusing those it may not, unless they repeat the stored value."""
+    stored = read_config(out)
+    run = stored.get("train", {})
+    settings, data = dict(run.get("fit", {})), run.get("data", {})
+    fixed = {
+        "model": (args.model, stored.get("model")),
+        "--data": (args.data, data.get("source")),
+        "--preset": (args.preset, run.get("preset")),
+        "--binarize": (args.binarize, data.get("binarize")),
+        "--batch-size": (args.batch_size, settings.get("batch_size")),
+        "--seed": (args.seed, data.get("seed", settings.get("seed"))),
+        "--limit": (args.limit, data.get("limit")),
+    }
+    refused = [
+        f"{flag} {new} (the run has {old})"
+        for flag, (new, old) in fixed.items()
+        if new is not None and new != old
+    ]
+    config = stored.get("model_config", {})
+    typed = dict(kv.partition("=")[::2] for kv in args.set)
+    for key, value in parse_overrides(MODELS[stored["model"]], args.set).items():
+        # compared as config.json holds it: a tuple (64,) is the list [64] there
+        if config.get(key, object()) != json.loads(json.dumps(value)):
+            refused.append(f"--set {key}={typed[key]} (the run has {key}={config.get(key)})")
+    if refused:
+        raise ValueError(
+            f"--resume continues {out} as it was built and fed: drop {'; '.join(refused)}, "
+            "or train a new run with another --out"
+        )
+    if "data" not in run:
+        raise RunError(
+            f"{out} does not record its data (trained from Python on a dataset without an "
+            "origin): resume it from Python, with genlab.fit(..., resume=True)"
+        )
+    for key in _RESUMABLE:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
+    return model, run, settings
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     import genlab
 
     out = Path(args.out or f"runs/{args.model}")
+    device = resolve_device(args.device)  # a missing GPU fails before any data is read
     if args.resume:
-        stored = read_config(out)
-        model = create(stored["model"], shape=tuple(stored["shape"]), **stored["model_config"])
-        run = stored["train"]
-        settings = run["fit"]
-        for key in ("steps", "time_budget"):  # the budget may be extended on resume
-            if getattr(args, key) is not None:
-                settings[key] = getattr(args, key)
+        model, run, settings = _resume_settings(args, out)
         data_cfg = run["data"]
     else:
         cls = MODELS.get(args.model)
         if cls is None:
             raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+        args.data, args.preset = args.data or "mnist", args.preset or "cpu"
         settings = _train_settings(cls, args)
         seed = settings.get("seed", 0)
-        overrides = dict(kv.split("=", 1) for kv in args.set)
+        overrides = parse_overrides(cls, args.set)
         probe = load_data(args.data, "train", seed=seed, limit=8)
         torch.manual_seed(seed)  # the same seed gives the same initial weights
-        model = create(
-            args.model,
-            shape=probe.shape,
-            preset=args.preset,
-            **{k: _parse_value(v) for k, v in overrides.items()},
+        model = create(args.model, shape=probe.shape, preset=args.preset, **overrides)
+        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey);
+        # a preset's binarization is its default, --binarize an explicit request.
+        binarize = binarization_for(
+            model, args.binarize, default=settings.pop("binarize", "static")
         )
-        # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey).
-        binarize = settings.pop("binarize", "static" if model.data_kind == "binary" else None)
-        if model.data_kind != "binary":
-            if args.binarize is not None:
-                raise ValueError(f"{model.name} with these settings models grey levels, "
-                                 f"not binary images: drop --binarize {args.binarize}")
-            binarize = None
-        data_cfg = {"source": args.data, "binarize": binarize, "seed": seed, "limit": args.limit}
-        run = {"data": data_cfg, "fit": settings, "preset": args.preset}
-    train = load_data(
-        data_cfg["source"],
-        "train",
-        binarize=data_cfg["binarize"],
-        seed=data_cfg["seed"],
-        limit=data_cfg["limit"],
-    )
-    val = load_data(
-        data_cfg["source"],
-        "val",
-        binarize=data_cfg["binarize"],
-        seed=data_cfg["seed"],
-        limit=data_cfg["limit"],
+        # The source as the data package resolved it: a relative path is stored absolute, so
+        # eval/score/encode find the data from any working directory.
+        source = (probe.origin or {}).get("source", args.data)
+        data_cfg = {"source": source, "binarize": binarize, "seed": seed, "limit": args.limit}
+        run = {"data": data_cfg, "preset": args.preset}
+    train, val = (
+        load_data(
+            data_cfg["source"],
+            split,
+            binarize=data_cfg["binarize"],
+            seed=data_cfg["seed"],
+            limit=data_cfg["limit"],
+        )
+        for split in ("train", "val")
     )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}")
-    history = genlab.fit(
-        model,
-        train,
-        val_data=val,
-        out=out,
-        resume=args.resume,
-        progress=not args.quiet,
-        run_config=run,
-        sample_every=args.sample_every,
-        threads=args.threads,
-        **settings,
-    )
+    precision = settings.get("precision", "fp32")
+    print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}, "
+          f"on {device}" + (f" ({precision})" if precision != "fp32" else ""), flush=True)
+    try:
+        history = genlab.fit(
+            model,
+            train,
+            val_data=val,
+            out=out,
+            resume=args.resume,
+            progress=not args.quiet,
+            run_config=run,
+            device=device,
+            threads=args.threads,
+            **settings,
+        )
+    except Interrupted as e:
+        e.resume_hint = f"genlab train --resume --out {shlex.quote(str(out))}"
+        raise
     msg = f"stopped after {history.step} steps ({history.stopped}, {history.elapsed:.0f} s)"
     if history.best_val is not None:
         msg += f"; best validation loss {history.best_val:.2f} nats"
@@ -159,12 +355,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from genlab.images import save_grid
+    from genlab.images import grid_format, save_grid
 
-    model = load(args.run)
+    out = Path(args.out or Path(args.run) / "samples.png")
+    grid_format(out)  # an unknown suffix is refused before minutes of sampling
+    model = load(args.run, device=args.device)
+    # The samples (float32) and their grid; the model's own working memory comes on top.
+    _check_fits(2 * args.n * model.n_pixels * 4, f"{args.n} samples", "-n")
     torch.manual_seed(args.seed)
     x = model.sample(args.n)
-    out = Path(args.out or Path(args.run) / "samples.png")
     save_grid(x, out)
     print(f"wrote {args.n} samples to {out}")
 
@@ -189,7 +388,8 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None) -> An
 def cmd_eval(args: argparse.Namespace) -> None:
     from genlab.metrics import nll
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
+    require(model, "log_prob")
     data = _run_data(args.run, args.data, args.split, args.limit)
     # Estimated likelihoods use the model's own default sample count unless -k is given.
     kwargs = {} if model.exact or args.k is None else {"k": args.k}
@@ -199,126 +399,225 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report.__dict__, indent=2))
 
 
-def cmd_score(args: argparse.Namespace) -> None:
-    from genlab.metrics import bits_per_dim, log_probs
+# score's CSV columns: one tidy row per image. method and k repeat on every row so that CSVs
+# of several runs concatenate (pandas.concat) without losing how each number was computed.
+SCORE_COLUMNS = ("image", "log_prob_nats", "bits_per_dim", "anomaly_score", "method", "k")
 
-    model = load(args.run)
+
+def _file_order(names: list[str]) -> list[int]:
+    """Row order for ``names``: relative paths sorted as the folder lists them (class
+    sub-folders, then files), whatever order the data source keeps its images in."""
+    from pathlib import PurePosixPath
+
+    return sorted(range(len(names)), key=lambda i: PurePosixPath(names[i]).parts)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from genlab.metrics import bits_per_dim, check_finite, log_probs, method_of
+
+    model = load(args.run, device=args.device)
+    require(model, "log_prob")
     data = _run_data(args.run, args.images, "all", None)
-    lp = log_probs(model, data, **({} if model.exact else {"k": args.k}))
+    k = None if model.exact else args.k
+    lp = log_probs(model, data, **({} if k is None else {"k": k}))
+    check_finite(lp, data, allow_impossible=True)  # -inf: an image the model rules out
+    method, k = method_of(model, k)
+    paths = getattr(data, "paths", None)
+    names = list(paths) if paths else [str(i) for i in range(len(lp))]
+    order = _file_order(names) if paths else list(range(len(names)))
     out = Path(args.out)
-    names = data.paths if getattr(data, "paths", None) else [str(i) for i in range(len(lp))]
-    rows = ["image,log_prob_nats,bits_per_dim,anomaly_score"]
-    for name, v in zip(names, lp.tolist(), strict=True):
-        rows.append(f"{name},{v:.4f},{bits_per_dim(-v, model.n_pixels):.5f},{-v:.4f}")
-    out.write_text("\n".join(rows) + "\n")
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SCORE_COLUMNS)
+        for i in order:
+            v = float(lp[i])
+            writer.writerow([names[i], f"{v:.4f}", f"{bits_per_dim(-v, model.n_pixels):.5f}",
+                             f"{-v:.4f}", method, "" if k is None else k])
     print(
         f"scored {len(lp)} images ({data.describe()}); mean log-likelihood "
-        f"{float(lp.mean()):.2f} nats; wrote {out}"
+        f"{float(lp.mean()):.2f} nats ({method}{'' if k is None else f', k={k}'}); wrote {out}"
     )
+
+
+def _npz_path(path: str) -> Path:
+    """Where np.savez writes ``path``: it appends .npz to a name without it."""
+    out = Path(path)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import numpy as np
 
     from genlab.data import Loader
+    from genlab.models.base import atomic_write
 
-    model = load(args.run)
+    model = load(args.run, device=args.device)
+    require(model, "encode")
     data = _run_data(args.run, args.data, args.split, args.limit)
-    with torch.no_grad():
-        feats = [model.encode(b["x"]) for b in Loader(data, 500, shuffle=False, drop_last=False)]
+    feats = [model.encode(b["x"].to(model.device)).cpu()
+             for b in Loader(data, 500, shuffle=False, drop_last=False)]
     z = torch.cat(feats).numpy()
     arrays = {"z": z}
     if data.y is not None:
         arrays["y"] = data.y.numpy()
-    np.savez(args.out, **arrays)
-    print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {args.out}")
+    out = _npz_path(args.out)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez adds no suffix to the temporary name
+            np.savez(f, **arrays)
+
+    atomic_write(out, write)
+    print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {out}")
+
+
+def _add_device(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--device",
+        default="auto",
+        help=f"{', '.join(DEVICES)} (default auto: CUDA if torch sees a GPU, else CPU)",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse would print the whole usage block first)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _subcommand(sub: Any, name: str, help: str, example: str, common: argparse.ArgumentParser,
+                more: str = "") -> argparse.ArgumentParser:
+    """A sub-parser whose --help ends with one example and which takes --debug too."""
+    epilog = f"example:\n  {example}" + (f"\n\n{more}" if more else "")
+    return sub.add_parser(
+        name, help=help, description=help, parents=[common],
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genlab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="genlab", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version",
+                   version=f"genlab {__version__} (torch {torch.__version__})")
+    # --debug after the subcommand too; SUPPRESS keeps a sub-parser from resetting the top one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="models, what each supports, its paper").set_defaults(fn=cmd_list)
+    def add(name: str, help: str, example: str, more: str = "") -> argparse.ArgumentParser:
+        return _subcommand(sub, name, help, example, common, more)
 
-    s = sub.add_parser("params", help="parameter counts of the per-pixel baselines")
-    s.add_argument("--pixels", type=_positive_int, default=784)
+    add("list", "models, what each supports, its paper", "genlab list").set_defaults(fn=cmd_list)
+
+    s = add("params", "parameter counts of the per-pixel baselines", "genlab params --pixels 784")
+    s.add_argument("--pixels", type=_pixels, default=784)
     s.set_defaults(fn=cmd_params)
 
-    s = sub.add_parser("train", help="train a model; writes a run folder")
+    s = add("train", "train a model; writes a run folder",
+            "genlab train nade --data mnist --preset cpu --time-budget 10m --out runs/nade",
+            more=f"data sources (--data):\n{describe_sources()}")
     s.add_argument("model", nargs="?", default=None, help=f"one of: {', '.join(MODELS)}")
-    s.add_argument(
-        "--data",
-        default="mnist",
-        help="mnist, fashion-mnist, an IDX folder, a .npz file or an image folder",
-    )
-    s.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    s.add_argument("--data", help=sources_help() + " (default mnist)")
+    s.add_argument("--preset", choices=("cpu", "paper"), help="default cpu")
     s.add_argument("--out", help="run folder (default runs/MODEL)")
     s.add_argument("--steps", type=_positive_int)
-    s.add_argument("--time-budget", help="e.g. 90s, 10m, 1h")
+    s.add_argument("--time-budget", type=_duration, help="e.g. 90s, 10m, 1h")
     s.add_argument("--batch-size", type=_positive_int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--clip", type=float)
+    s.add_argument("--lr", type=_positive_float)
+    s.add_argument("--clip", type=_positive_float, help="clip the gradient norm to this")
     s.add_argument("--schedule", choices=("constant", "cosine"))
     s.add_argument("--seed", type=int)
     s.add_argument("--binarize", choices=("static", "dynamic", "threshold"))
     s.add_argument(
         "--patience",
-        type=int,
+        type=_positive_int,
         help="stop after N validations without improvement; the best weights are kept",
     )
     s.add_argument("--val-every", type=_positive_int, help="validate every N steps (default 500)")
     s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
-    s.add_argument("--sample-every", type=_positive_int, default=500)
+    s.add_argument(
+        "--sample-every",
+        type=_count,
+        help="a sample grid every N steps and at the end (default 500); 0: no grids",
+    )
+    s.add_argument(
+        "--sample-n", type=_positive_int, help="images per grid (default: the model's, mostly 64)"
+    )
+    s.add_argument(
+        "--ckpt-every",
+        type=_interval,
+        help="checkpoint every N steps (500), every so long (5m) or both (default 500,5m)",
+    )
     s.add_argument(
         "--set",
         action="append",
         default=[],
+        type=_setting,
         metavar="KEY=VALUE",
         help="model setting, e.g. --set hidden=100",
     )
-    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: bfloat16 autocast of the training loss, CUDA only (default fp32)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out; budgets, --lr, --clip and intervals may change",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=_positive_int,
                    help="torch threads (default: the cores other processes leave idle)")
-    s.set_defaults(fn=cmd_train)
+    _add_device(s)
+    s.set_defaults(fn=cmd_train, check=_check_train)
 
-    s = sub.add_parser("sample", help="write a grid of samples")
+    s = add("sample", "write a grid of samples (.png, .jpg or .webp)",
+            "genlab sample runs/nade -n 64 --out grid.png")
     s.add_argument("run")
     s.add_argument("-n", type=_positive_int, default=64)
-    s.add_argument("--out")
+    s.add_argument("--out", help="default RUN/samples.png")
     s.add_argument("--seed", type=int, default=0)
+    _add_device(s)
     s.set_defaults(fn=cmd_sample)
 
-    s = sub.add_parser("eval", help="test NLL in nats and bits/dim")
+    s = add("eval", "test NLL in nats and bits/dim", "genlab eval runs/nade --limit 1000")
     s.add_argument("run")
     s.add_argument("--data", help="default: the data the run was trained on")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
     s.add_argument(
-        "-k", type=_positive_int, default=None,
+        "-k", type=_importance_samples, default=None,
         help="samples for estimated likelihoods (default: the model's; VAE 5000, RNADE 1)",
     )
     s.add_argument("--batch-size", type=_positive_int, default=500)
     s.add_argument("--json", help="also write the report as JSON")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("score", help="per-image log-likelihood / anomaly score as CSV")
+    s = add("score", "per-image log-likelihood / anomaly score as CSV, in file order; columns "
+            + ", ".join(SCORE_COLUMNS), "genlab score runs/nade images/ --out scores.csv")
     s.add_argument("run")
-    s.add_argument("images", help="an image folder, .npz, IDX folder or dataset name")
+    s.add_argument("images", help=sources_help())
     s.add_argument("--out", default="scores.csv")
     s.add_argument(
-        "-k", type=_positive_int, default=1000, help="importance samples for latent models"
+        "-k", type=_importance_samples, default=1000,
+        help="samples for estimated likelihoods (latent models, RNADE); default 1000",
     )
+    _add_device(s)
     s.set_defaults(fn=cmd_score)
 
-    s = sub.add_parser("encode", help="features of a dataset as .npz (z, y)")
+    s = add("encode", "features of a dataset as .npz (z, y)",
+            "genlab encode runs/vae --data mnist --out feats.npz")
     s.add_argument("run")
     s.add_argument("--data")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)
-    s.add_argument("--out", default="features.npz")
+    s.add_argument("--out", default="features.npz", help="a .npz file (.npz is appended)")
+    _add_device(s)
     s.set_defaults(fn=cmd_encode)
     return p
 
@@ -329,10 +628,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.model is None and not args.resume:
         parser.error("train needs a model name (or --resume --out RUN)")
     try:
+        if getattr(args, "check", None) is not None:
+            args.check(args)
         args.fn(args)
-    except KeyboardInterrupt:
-        print("genlab: interrupted (a run folder resumes with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # fit's Interrupted says at which step it stopped and how to resume; 130 or 143.
+        print(f"genlab: {str(e) or 'interrupted (a run folder resumes with --resume)'}",
+              file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except Exception as e:  # one actionable line, not a traceback
         if args.debug:
             raise

@@ -28,18 +28,39 @@ def grid(x: Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     return img[..., 0] if c == 1 else img
 
 
+# Pillow's format name for each file suffix a grid may be written as.
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def grid_format(path: str | os.PathLike) -> str:
+    """Pillow's format for writing a grid to ``path``, chosen by its suffix; ValueError (one line
+    naming the suffixes that work) for any other, so callers can check before sampling."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in GRID_FORMATS:
+        got = f"'{suffix}'" if suffix else "no suffix"
+        raise ValueError(
+            f"cannot write an image grid to {path} ({got}): "
+            f"name it {', '.join(f'*{s}' for s in GRID_FORMATS)}"
+        )
+    return GRID_FORMATS[suffix]
+
+
 def save_grid(
     x: Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int | None = None
 ) -> Path:
-    """Write a PNG grid of the images ``x``; small images are upscaled so they can be seen."""
+    """Write a grid of the images ``x`` as PNG, JPEG or WebP (by the suffix of ``path``); small
+    images are upscaled so they can be seen."""
     from PIL import Image
 
     path = Path(path)
+    fmt = grid_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid(x, nrow))
     if scale is None:
         scale = max(1, 512 // max(img.size))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    atomic_write(path, lambda p: img.save(p, format="PNG"))
+    # Lossy formats at high quality: a grid's sharp pixel edges blur at Pillow's default 75.
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda p: img.save(p, format=fmt, **options))
     return path

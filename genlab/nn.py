@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,30 @@ def mlp(
     if final is not None:
         layers.append(final)
     return nn.Sequential(*layers)
+
+
+def full_precision(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an autograd Function's ``forward`` or ``backward`` with autocast off and its
+    half-precision tensor arguments in float32.
+
+    The hand-written kernels (NADE's and RNADE's sweeps, PixelRNN's scan) write into float32
+    buffers with ``out=`` and in-place ops, which autocast's bfloat16 operands would break, and
+    they are bound by memory traffic, not by matmul speed, so they gain nothing from it. Under
+    ``precision="bf16"`` the layers around them still autocast. Works on whichever device the
+    tensors are on (CUDA in training; CPU autocast in the tests).
+    """
+
+    @functools.wraps(method)
+    def run(ctx: Any, *args: Any) -> Any:
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+            return method(ctx, *args)
+        half = (torch.float16, torch.bfloat16)
+        args = tuple(a.float() if isinstance(a, Tensor) and a.dtype in half else a for a in args)
+        with torch.autocast(device, enabled=False):
+            return method(ctx, *args)
+
+    return run
 
 
 # ---- discrete pixel values: binary (levels=2) or K grey levels per sub-pixel ---------------------

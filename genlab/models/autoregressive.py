@@ -68,7 +68,7 @@ class PixelAutoregressive(GenerativeModel):
     def reference_sample(self, n: int, cond: dict[str, Tensor] | None = None,
                          u: Tensor | None = None) -> Tensor:
         """Ancestral sampling the obvious way: a full ``logits`` pass per sub-pixel."""
-        u = self.uniforms(n) if u is None else u
+        u = self.uniforms(n) if u is None else u.to(self.device)
         parts = self.given(n, cond)
         c, h, w = self.shape
         x = torch.zeros(n, c, h, w, device=self.device)

@@ -10,12 +10,16 @@ them; on the others the base methods raise :class:`Unsupported` naming the model
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +29,39 @@ class Unsupported(NotImplementedError):
     """A model was asked for a capability it does not have (e.g. ``log_prob`` on a GAN)."""
 
 
+# The most sub-pixels C*H*W a model takes (3x1024x1024 fits): orderings and masks are built
+# per sub-pixel, so a shape from a stranger's config must be bounded before anything is built.
+MAX_SUBPIXELS = 2**22
+
+# Capabilities that follow the gradient rule of GenerativeModel (see _grad_rule).
+_EVALUATORS = ("log_prob", "encode")
+
+
+def _grad_rule(method: Any) -> Any:
+    """Wrap ``log_prob``/``encode``: in eval mode they run under ``torch.no_grad()`` unless the
+    input itself requires grad; in training mode autograd records as usual."""
+
+    @functools.wraps(method)
+    def wrapper(self: GenerativeModel, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self.training or (isinstance(x, Tensor) and x.requires_grad):
+            return method(self, x, *args, **kwargs)
+        with torch.no_grad():
+            return method(self, x, *args, **kwargs)
+
+    wrapper.follows_grad_rule = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class GenerativeModel(nn.Module):
-    """Base class: subclasses set ``name``, ``Config``, ``paper``, implement ``sample``."""
+    """Base class: subclasses set ``name``, ``Config``, ``paper``, implement ``sample``.
+
+    Gradients: ``log_prob`` and ``encode`` record an autograd graph only when the model is in
+    training mode (``model.train()``, as ``fit`` sets it) or the input ``x`` requires grad (a
+    gradient with respect to the image: saliency, adversarial inputs, autoregressive checks).
+    In eval mode (``genlab.load`` returns models in eval mode) they run under
+    ``torch.no_grad()``: scores and features come back detached, using no graph memory.
+    Subclasses get this rule for free; none repeats it.
+    """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # "Authors Year, Title (arXiv:xxxx.xxxxx)"
@@ -41,10 +76,22 @@ class GenerativeModel(nn.Module):
     # Presets: {"cpu": {"model": {...config overrides}, "train": {...fit kwargs}}, "paper": {...}}.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"cpu": {}, "paper": {}}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for capability in _EVALUATORS:
+            method = cls.__dict__.get(capability)
+            if method is not None and not getattr(method, "follows_grad_rule", False):
+                setattr(cls, capability, _grad_rule(method))
+
     def __init__(self, shape: tuple[int, int, int], config: Any) -> None:
         super().__init__()
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
+        if math.prod(shape) > MAX_SUBPIXELS:
+            raise ValueError(
+                f"shape {'x'.join(map(str, shape))} has {math.prod(shape):,} sub-pixels; genlab "
+                f"models take at most {MAX_SUBPIXELS:,} (e.g. 3x1024x1024)"
+            )
         self.shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
         self.config = config
 
@@ -118,7 +165,12 @@ class GenerativeModel(nn.Module):
 
     # ---- checks shared by all models ---------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
-        """One clear error for a wrong shape or wrong values, before any computation."""
+        """One clear error for a wrong shape, device or values, before any computation."""
+        if x.device != self.device:
+            raise ValueError(
+                f"{self.name} is on {self.device} but the images are on {x.device}: "
+                "pass x.to(model.device)"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             got = "x".join(map(str, x.shape[1:])) if x.dim() == 4 else str(tuple(x.shape))
             want = "x".join(map(str, self.shape))
@@ -156,8 +208,10 @@ class GenerativeModel(nn.Module):
         )
         if extra:
             config.update(extra)
-        # safetensors refuses shared/non-contiguous storage: store each tensor as its own copy.
-        state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        # safetensors refuses shared/non-contiguous storage: store each tensor as its own copy,
+        # on the CPU, so that a run trained on a GPU loads on any machine.
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in
+                 self.state_dict().items()}
         atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p)))
         atomic_write(
             folder / "config.json",
@@ -166,72 +220,331 @@ class GenerativeModel(nn.Module):
         return folder
 
 
-def _unsupported_message(model: GenerativeModel, capability: str) -> str:
+def _unsupported_message(model: GenerativeModel | type[GenerativeModel], capability: str) -> str:
     from genlab.models import MODELS
 
     have = sorted(name for name, cls in MODELS.items() if cls.has(capability))
     return f"{model.name} has no {capability}(); models that do: {', '.join(have)}"
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """A run folder's config.json, or one clear RunError if it is missing or unreadable."""
-    path = Path(folder) / "config.json"
-    if not path.exists():
-        raise RunError(f"{folder} is not a run folder: config.json is missing")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read {path}: {e}") from None
+def require(model: GenerativeModel | type[GenerativeModel], capability: str) -> None:
+    """Raise :class:`Unsupported` (naming the models that have it) unless ``model`` has
+    ``capability``: lets a command refuse before it loads any data."""
+    if not model.has(capability):
+        raise Unsupported(_unsupported_message(model, capability))
 
 
 class RunError(RuntimeError):
     """A run folder is missing, incomplete or corrupt."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp)``, then rename it over ``path``: a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def check_new_run(folder: str | os.PathLike) -> None:
+    """RunError if ``folder`` already holds a run (a fresh run must not overwrite one)."""
+    if (Path(folder) / "trainer.pt").exists():
+        raise RunError(
+            f"{folder} already holds a run: resume it (--resume) or choose another --out"
+        )
+
+
+def no_space(error: BaseException) -> bool:
+    """True when ``error`` (or what caused it) is a full disk or an exhausted quota."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        # Rust writers (safetensors) report it as text: "No space left on device (os error 28)".
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it)."""
     try:
-        write(Path(tmp))
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp)``, then rename it over ``path``: a kill never leaves half a file.
+
+    The file gets the permissions of any new file (0o666 less the umask, as the user chose),
+    not the 0o600 of mkstemp (or of writers that make their own temporary file, as safetensors
+    does), so others can read a shared run folder. A full disk is one RunError naming the
+    file; the file it would have replaced stays as it was.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and no_space(e):
+            raise RunError(f"no space left on device writing {path}") from None
         raise
 
 
-def load(path: str | os.PathLike) -> GenerativeModel:
-    """Rebuild a model from a run folder (needs only config.json and model.safetensors)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# ---- reading run folders from strangers -----------------------------------------------------
+# Everything in a run folder is checked before it is believed: a config.json or weights file
+# that is not a regular file, is absurdly large, or describes a model other than the one its
+# weights hold is refused in one line, before anything of the size it claims is allocated.
+
+MAX_CONFIG_BYTES = 2**20  # a config.json is a few KB; more is not a genlab config
+MAX_HEADER_BYTES = 2**24  # safetensors' JSON header: ~100 bytes per tensor
+
+# safetensors' dtype names (its format spec) for the dtypes genlab models hold.
+_SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+_TORCH_DTYPES = {name: _dtype_name(dtype) for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _open_regular(path: Path, missing: str, limit: int | None = None) -> tuple[BinaryIO, int]:
+    """``path`` opened for binary reading, and its size; one RunError unless it is a regular file
+    (a symlink to one is fine) of at most ``limit`` bytes. ``missing``: the message if absent."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer. The checks run on the opened
+        # file itself (fstat), so nothing can be swapped in between the check and the read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RunError(missing) from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RunError(f"{path} is {_file_kind(info.st_mode)}, not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise RunError(
+                f"{path} is {info.st_size:,} bytes, more than the {limit:,} a genlab "
+                f"{path.name} can be: it is not one"
+            )
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's config.json, or one clear RunError if it is missing or unreadable."""
+    path = Path(folder) / "config.json"
+    f, _ = _open_regular(
+        path, f"{folder} is not a run folder: config.json is missing", MAX_CONFIG_BYTES
+    )
+    with f:
+        text = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grew since the check
+    if len(text) > MAX_CONFIG_BYTES:
+        raise RunError(f"{path} is larger than the {MAX_CONFIG_BYTES:,} bytes a config can be")
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, absurd nesting or digits
+        raise RunError(f"cannot read {path}: {e}") from None
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        raise RunError(f"cannot read {path}: it holds a JSON {kind}, not an object")
+    return config
+
+
+def read_safetensors_header(
+    path: str | os.PathLike,
+) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """(tensor table, where the data starts, file size) of a ``.safetensors`` file, read without
+    loading the tensors.
+
+    The format: an 8-byte little-endian length N, N bytes of JSON ``{name: {"dtype": "F32",
+    "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data.
+    """
+    path = Path(path)
+    f, size = _open_regular(path, f"{path.parent} is not a complete run: {path.name} is missing")
+    corrupt = f"{path} is corrupt or truncated"
+    with f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise RunError(f"{corrupt} ({size} bytes, shorter than any header)")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise RunError(f"{corrupt} (its header claims {n:,} bytes of a {size:,}-byte file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RunError(f"{corrupt} (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise RunError(f"{corrupt} (its header is not a table of tensors)")
+    header.pop("__metadata__", None)
+    for name, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (not isinstance(shape, list) or not isinstance(entry.get("dtype"), str)
+                or not all(isinstance(s, int) and s >= 0 for s in shape)):
+            raise RunError(f"{corrupt} (its header entry for {name!r} is malformed)")
+    return header, 8 + n, size
+
+
+class _TooManyTensors(Exception):
+    """Raised inside a skeleton's construction once it has more tensors than the file holds."""
+
+
+def _skeleton(name: str, shape: tuple[int, ...], settings: dict[str, Any],
+              max_tensors: int) -> GenerativeModel:
+    """The model on the meta device: names, shapes and dtypes, no memory. Construction stops
+    early when it registers far more tensors than ``max_tensors`` (a config asking for 10^8
+    layers costs as little as one asking for the right number)."""
+    from torch.nn.modules import module as nn_module
 
     from genlab.models import create
 
+    count = 0
+
+    def tally(*_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > 2 * max_tensors + 64:  # slack for non-persistent buffers and re-assignment
+            raise _TooManyTensors
+
+    hooks = [nn_module.register_module_parameter_registration_hook(tally),
+             nn_module.register_module_buffer_registration_hook(tally)]
+    try:
+        with torch.device("meta"):
+            return create(name, shape=shape, **settings)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _dims(shape: Any) -> str:
+    return "x".join(map(str, shape)) or "a scalar"
+
+
+def _mismatch(expected: dict[str, Tensor], header: dict[str, dict[str, Any]]) -> str | None:
+    """The first difference between a model's state_dict and a weights file's header."""
+    missing = [k for k in expected if k not in header]
+    if missing:
+        more = f" and {len(missing) - 1} more tensors" if len(missing) > 1 else ""
+        return f"it lacks {missing[0]}{more}"
+    extra = [k for k in header if k not in expected]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        return f"it holds {extra[0]}, which the model has not{more}"
+    for key, want in expected.items():
+        got = header[key]
+        if tuple(got["shape"]) != tuple(want.shape):
+            have, need = _dims(got["shape"]), _dims(want.shape)
+            return f"{key} is {have} in the file, the config needs {need}"
+        if got["dtype"] != _SAFETENSORS_DTYPES.get(want.dtype):
+            have = _TORCH_DTYPES.get(got["dtype"], got["dtype"])
+            return f"{key} is {have} in the file, the model needs {_dtype_name(want.dtype)}"
+    return None
+
+
+def _model_spec(config: dict[str, Any], path: Path) -> tuple[str, tuple[int, int, int],
+                                                             dict[str, Any]]:
+    """(model name, shape, settings) from a config, each checked for its type."""
+    for key in ("model", "shape", "model_config"):
+        if key not in config:
+            raise RunError(f"{path} lacks the field '{key}'")
+    name, shape, settings = config["model"], config["shape"], config["model_config"]
+    if not isinstance(name, str):
+        raise RunError(f"{path}: 'model' must be a model name, got {name!r}")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                       for s in shape)):
+        raise RunError(f"{path}: 'shape' must be [C, H, W] with positive sizes, got {shape!r}")
+    if not isinstance(settings, dict):
+        raise RunError(f"{path}: 'model_config' must be an object, got {settings!r}")
+    return name, (shape[0], shape[1], shape[2]), settings
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild a model from a run folder (needs only config.json and model.safetensors).
+
+    Safe on folders from strangers: the config must describe a model whose every tensor (name,
+    shape, dtype) is in the weights file's header and the file must be exactly that large,
+    checked before the model is allocated; the weights must be finite.
+    ``device`` as for ``fit`` ("auto", "cpu", "cuda", "cuda:N", "mps"); the CPU by default,
+    where the data sets live, so a loaded model takes their tensors as they are.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from genlab.devices import resolve_device
+    from genlab.models import create
+
+    target = resolve_device(device)  # a missing GPU fails before any file is read
     folder = Path(path)
     if not folder.is_dir():
         raise RunError(
             f"no run folder at {folder}: train one with `genlab train MODEL --out {folder}`"
         )
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).exists():
-            raise RunError(f"{folder} is not a complete run: {name} is missing")
-    config = read_config(folder)
+    config_path, weights = folder / "config.json", folder / "model.safetensors"
+    name, shape, settings = _model_spec(read_config(folder), config_path)
+    header, data_start, size = read_safetensors_header(weights)
     try:
-        model = create(config["model"], shape=tuple(config["shape"]), **config["model_config"])
-    except KeyError as e:
-        raise RunError(f"{folder / 'config.json'} lacks the field {e}") from None
+        skeleton = _skeleton(name, shape, settings, max_tensors=len(header))
+    except _TooManyTensors:
+        raise RunError(
+            f"{config_path} describes a model with far more tensors than the {len(header)} "
+            f"in {weights.name}: they do not belong together"
+        ) from None
+    except Exception as e:  # any setting create refuses: name the file it came from
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+        msg = msg.splitlines()[0] if msg else type(e).__name__
+        raise RunError(f"{config_path} describes no model genlab can build: {msg}") from e
+    expected = skeleton.state_dict()
+    problem = _mismatch(expected, header)
+    if problem is None:
+        implied = data_start + sum(t.numel() * t.element_size() for t in expected.values())
+        if size != implied:
+            problem = f"it is {size:,} bytes, the config implies {implied:,}"
+    if problem is not None:
+        raise RunError(f"{weights} does not match {config_path.name}: {problem}")
+    del skeleton
+
+    model = create(name, shape=shape, **settings)
     try:
-        state = load_file(str(folder / "model.safetensors"))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise RunError(f"{folder / 'model.safetensors'} is corrupt or truncated ({e})") from None
+        raise RunError(f"{weights} is corrupt or truncated ({e})") from None
+    for key, t in state.items():
+        if key not in expected or t.dtype != expected[key].dtype:  # the header said otherwise
+            raise RunError(f"{weights} changed while it was being read: load it again")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise RunError(
+                f"{weights} holds non-finite weights (NaN or inf in {bad:,} of the "
+                f"{t.numel():,} values of {key}): the training diverged or the file is corrupt"
+            )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise RunError(
-            f"{folder / 'model.safetensors'} does not match its config: {first}"
-        ) from None
+        raise RunError(f"{weights} does not match its config: {first}") from None
+    model.to(target)
     model.eval()
     return model

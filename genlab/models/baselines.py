@@ -13,8 +13,9 @@ On static-binarised MNIST (50k train, 10k test) the smoothed fits give about 205
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, Decimal, localcontext
 
 import torch
 import torch.nn.functional as F
@@ -59,29 +60,50 @@ def param_table(n_pixels: int) -> list[tuple[str, str, int]]:
     ]
 
 
+# Counts with more digits than this are shown only as ≈ m × 10^k: 2^n - 1 for n = 100000 has
+# 30103 digits, a page of noise (and past Python's 4300-digit limit for int -> str).
+MAX_EXACT_DIGITS = 1000
+
+
 def _approx(value: int) -> str:
-    # Decimal formats arbitrarily large ints exactly; float() would overflow past 1e308.
-    mantissa, exponent = f"{Decimal(value):.2e}".split("e")
+    """m.mm × 10^k for a positive int of any size, without converting all of it to digits."""
+    # Decimal rounds to 3 significant digits; the 64 leading bits carry far more than that.
+    shift = max(value.bit_length() - 64, 0)
+    with localcontext() as ctx:
+        ctx.prec, ctx.Emax = 30, MAX_EMAX
+        scaled = Decimal(value >> shift) * Decimal(2) ** shift
+        mantissa, exponent = f"{scaled:.2e}".split("e")
     return f"{mantissa} × 10^{int(exponent)}"
 
 
+def _digits(value: int) -> int:
+    """Number of decimal digits of a positive int (exact, without str())."""
+    estimate = int(value.bit_length() * math.log10(2))  # the true count or one less
+    return estimate + 1 if value >= 10**estimate else estimate
+
+
 def format_param_table(n: int) -> str:
-    """The printable comparison for ``genlab params --pixels n``: exact integers, plus ≈ 10^k."""
+    """The printable comparison for ``genlab params --pixels n``: exact integers up to
+    MAX_EXACT_DIGITS digits (≈ 10^k beside the long ones), beyond that ≈ m × 10^k alone."""
     rows = param_table(n)
     lines = [f"Free parameters of a distribution over n = {n} binary pixels", ""]
     lines.append(f"{'model':<36}{'formula':<10}parameters")
     long_values = []
     for model, formula, count in rows:
-        digits = str(count)
-        shown = digits if len(digits) <= 15 else f"≈ {_approx(count)} (exact value below)"
-        if len(digits) > 15:
-            long_values.append((formula, digits))
+        digits = _digits(count)
+        if digits > MAX_EXACT_DIGITS:
+            shown = f"≈ {_approx(count)} ({digits:,} digits)"
+        elif digits > 15:
+            shown = f"≈ {_approx(count)} (exact value below)"
+            long_values.append((formula, str(count)))
         elif count >= 10**6:
-            shown = f"{digits} (≈ {_approx(count)})"
+            shown = f"{count} (≈ {_approx(count)})"
+        else:
+            shown = str(count)
         lines.append(f"{model:<36}{formula:<10}{shown}")
-    for formula, digits in long_values:
-        lines += ["", f"{formula.replace('n', str(n))} ({len(digits)} digits) ="]
-        lines += ["  " + digits[i:i + 72] for i in range(0, len(digits), 72)]
+    for formula, exact in long_values:
+        lines += ["", f"{formula.replace('n', str(n))} ({len(exact)} digits) ="]
+        lines += ["  " + exact[i:i + 72] for i in range(0, len(exact), 72)]
     return "\n".join(lines)
 
 
@@ -130,7 +152,7 @@ class Independent(GenerativeModel):
     def estimate(self, x: Tensor, smoothing: float = 1.0) -> None:
         """Closed-form fit: p_i = (#ones_i + s) / (N + 2s)."""
         xf = _flat_binary(self, x)
-        total = torch.tensor(float(xf.shape[0]))
+        total = torch.tensor(float(xf.shape[0]), device=xf.device)
         self.logits.copy_(_smoothed_logit(xf.sum(0), total, smoothing).view(self.shape))
 
     @torch.no_grad()
@@ -187,7 +209,7 @@ class Markov(GenerativeModel):
     def estimate(self, x: Tensor, smoothing: float = 1.0) -> None:
         """Closed-form fit from first-pixel counts and (previous, next) pair counts."""
         xs = _flat_binary(self, x)[:, self.order].double()
-        n = torch.tensor(float(xs.shape[0]))
+        n = torch.tensor(float(xs.shape[0]), device=xs.device)
         self.first.copy_(_smoothed_logit(xs[:, 0].sum(), n, smoothing).view(1))
         prev, nxt = xs[:, :-1], xs[:, 1:]
         ones_after_one = (prev * nxt).sum(0)

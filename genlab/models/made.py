@@ -127,7 +127,8 @@ class MADE(PixelAutoregressive):
             # The paper's rule: uniform in [lowest degree below, D - 2]; a unit of degree D - 1
             # would feed no output. (D = 1: degree 0, which feeds nothing either.)
             deg = torch.randint(low, max(d - 1, low + 1), (size,), generator=g)
-            low = int(deg.min())
+            # On the meta device (genlab.load's size check) tensors have shapes but no values.
+            low = low if deg.is_meta else int(deg.min())
             degrees.append(deg)
         return order, degrees
 
@@ -206,9 +207,11 @@ class MADE(PixelAutoregressive):
 
     def _per_subpixel(self, flat: Tensor, x: Tensor) -> Tensor:
         """log p of each sub-pixel's value (B, D) from flat logits."""
-        xs = x.reshape(x.shape[0], -1).to(flat.dtype)
+        xs = x.reshape(x.shape[0], -1)
         if self.levels == 2:
-            return -F.binary_cross_entropy_with_logits(flat, xs, reduction="none")
+            return -F.binary_cross_entropy_with_logits(flat, xs.to(flat.dtype), reduction="none")
+        # Levels from x itself, not from a copy in the logits' dtype: bfloat16 (under autocast)
+        # holds k / (K - 1) closely enough only up to K = 256.
         logits = flat.view(x.shape[0], self.n_pixels, self.levels).transpose(1, 2)
         return -F.cross_entropy(logits, levels_index(xs, self.levels), reduction="none")
 

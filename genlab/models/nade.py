@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from genlab.models.autoregressive import PixelAutoregressive
-from genlab.nn import discrete_log_prob, discrete_sample
+from genlab.nn import discrete_log_prob, discrete_sample, full_precision
 from genlab.orderings import ordering
 
 try:  # private in torch; without it, FLOP counts would miss the compiled sweep, nothing else
@@ -81,7 +81,9 @@ def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     """
     threads = torch.get_num_threads()
     parts = min(threads, xs.shape[0] // _MIN_SHARE)
-    if parts < 2 or _get_current_dispatch_mode() is not None:  # modes do not see other threads
+    # Threads share out CPU cores; a GPU runs the whole batch at once. Modes do not see other
+    # threads.
+    if parts < 2 or xs.device.type != "cpu" or _get_current_dispatch_mode() is not None:
         return _sweep_serial(xs, W, V, b, c, upstream, grads, need_x)
     cuts = [len(xs) * i // parts for i in range(parts + 1)]
     _walk_compiled()  # compile here, once, rather than racing to it in the worker threads
@@ -263,6 +265,7 @@ class _LogProb(torch.autograd.Function):
     """log p(x) (B,) with the gradients of -sum log p computed during the forward sweep."""
 
     @staticmethod
+    @full_precision
     def forward(ctx, xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor) -> Tensor:
         logits, (dW, dV, db, dc, _) = _sweep(xs, W, V, b, c, grads=True)
         ctx.save_for_backward(xs, W, V, b, c, logits, dW, dV, db, dc)
@@ -270,6 +273,7 @@ class _LogProb(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, ...]:
         xs, W, V, b, c, logits, dW, dV, db, dc = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
@@ -289,12 +293,14 @@ class _Logits(torch.autograd.Function):
     """Logits (B, D) of every conditional, differentiable in x and the parameters."""
 
     @staticmethod
+    @full_precision
     def forward(ctx, xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor) -> Tensor:
         ctx.save_for_backward(xs, W, V, b, c)
         return _sweep(xs, W, V, b, c)[0]
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, gl: Tensor) -> tuple[Tensor | None, ...]:
         xs, W, V, b, c = ctx.saved_tensors
         _, (dW, dV, db, dc, dx) = _sweep(xs, W, V, b, c, gl.contiguous(), grads=True,
@@ -389,7 +395,7 @@ class NADE(PixelAutoregressive):
         W, V, b, c = self._params()
         d = self.n_pixels
         parts = self.given(n, cond)
-        u = self.uniforms(n) if u is None else u
+        u = self.uniforms(n) if u is None else u.to(W.device)
         # Pixel-major (D, n) layouts keep every per-pixel row contiguous.
         us = u.reshape(n, d)[:, self.order].t().contiguous()  # (D, n) in generation order
         xs = torch.empty(d, n, device=W.device, dtype=W.dtype)  # in generation order

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from genlab.models.autoregressive import PixelAutoregressive
-from genlab.nn import MaskedConv2d, colour_groups, discrete_sample
+from genlab.nn import MaskedConv2d, colour_groups, discrete_sample, full_precision
 
 
 @dataclass
@@ -120,6 +120,7 @@ class _LSTMScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @full_precision
     def forward(ctx, xg: Tensor, weight: Tensor, taps: tuple[int, ...],
                 diagonal: bool) -> Tensor:
         n, height, width, b, g4 = xg.shape
@@ -167,6 +168,7 @@ class _LSTMScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, dout: Tensor) -> tuple[Tensor | None, ...]:
         weight, acts, cs, hs = ctx.saved_tensors
         taps, diagonal = ctx.taps, ctx.diagonal
@@ -445,7 +447,7 @@ class _PixelRNN(PixelAutoregressive):
         """Ancestral sampling one sub-pixel at a time, each step running every layer at that
         pixel only (the states before it are kept): O(1) work per sub-pixel and layer instead
         of a full forward pass. Same uniforms ``u`` -> same images as ``reference_sample``."""
-        u = self.uniforms(n) if u is None else u
+        u = self.uniforms(n) if u is None else u.to(self.device)
         parts = self.given(n, cond)
         c, height, width = self.shape
         weight = self.input.weight

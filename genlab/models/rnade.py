@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from genlab.models.base import GenerativeModel
-from genlab.nn import levels_index, off_grid
+from genlab.nn import full_precision, levels_index, off_grid
 from genlab.orderings import ordering, split_cond
 
 _MAX_BLOCK = 8  # pixels per block: larger blocks waste work on the triangular mask
@@ -97,6 +97,7 @@ class _Conditionals(torch.autograd.Function):
     """
 
     @staticmethod
+    @full_precision
     def forward(ctx, ys: Tensor, W: Tensor, c: Tensor, rho: Tensor, V: Tensor, b: Tensor,
                 act: str) -> Tensor:
         D, B = ys.shape
@@ -122,6 +123,7 @@ class _Conditionals(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @full_precision
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
         ys, W, c, rho, V, starts = ctx.saved_tensors
         g = g.masked_fill(g.abs() < _TINY, 0)  # no denormals into the matmuls
