@@ -17,6 +17,10 @@ started with. The threads the user chose always win: a ``threads=`` argument (``
 on the command line), OMP_NUM_THREADS or MKL_NUM_THREADS in the environment, or a
 ``torch.set_num_threads`` call made after genlab was imported turns the governor off. Where
 there is no /proc/stat (macOS, Windows) it leaves torch's count alone.
+
+Float results depend on the thread count in their last bits (parallel reductions, and NADE's
+batch shares are summed in another order), so a run, or a resumed run, is bit-for-bit
+reproducible only with a fixed count: pass ``threads=N`` for that.
 """
 
 from __future__ import annotations
