@@ -341,6 +341,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             run_config=run,
             device=device,
+            threads=args.threads,
             **settings,
         )
     except Interrupted as e:
@@ -602,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out; budgets, --lr, --clip and intervals may change",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--threads", type=_positive_int,
+                   help="torch threads (default: the cores other processes leave idle)")
     _add_device(s)
     s.set_defaults(fn=cmd_train, check=_check_train)
 

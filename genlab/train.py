@@ -44,6 +44,7 @@ from genlab.models.base import (
     no_space,
     read_config,
 )
+from genlab.threads import ThreadGovernor
 
 try:  # POSIX; elsewhere run folders are not locked
     import fcntl
@@ -273,6 +274,7 @@ def fit(
     run_config: dict[str, Any] | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
@@ -294,6 +296,7 @@ def fit(
     ``device``: "auto" (CUDA if there is a GPU, else CPU), "cpu", "cuda", "cuda:N" or "mps"; the
     model is moved there and stays there. ``precision``: "fp32", or "bf16" (CUDA only) for
     bfloat16 autocast around the training loss; validation and log_prob stay in full precision.
+    ``threads``: torch threads; by default the idle cores, re-measured (genlab.threads).
     """
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
@@ -337,6 +340,7 @@ def fit(
     if folder is not None and rank == 0:
         run = _RunFolder(folder, ckpt_steps, ckpt_seconds)
     bar: _Progress | None = None
+    governor = ThreadGovernor(threads)
     try:
         if run is not None:
             run.lock()  # before anything reads or writes the folder
@@ -361,6 +365,7 @@ def fit(
         model.train()
         with _StopSignals(interrupted) as stop:
             while True:
+                governor.tick()
                 step = history.step
                 history.elapsed = time.perf_counter() - t_start
                 reason = _stop_reason(step, steps, history.elapsed, budget, stop, world, model)
@@ -440,6 +445,7 @@ def fit(
             e.args = (f"{e}; {folder} keeps the last good checkpoint (step {run.saved_step})",)
         raise
     finally:
+        governor.close()
         if bar is not None:
             bar.close(history)
         if run is not None:

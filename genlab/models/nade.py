@@ -16,7 +16,8 @@ write as total - prefix. So when the loss is the usual mean negative log-likelih
 gradients are accumulated during the forward sweep itself (sigmoids computed once, nothing of
 size B*D*H stored) and ``backward`` only rescales them; any other upstream gradient falls back to
 a second sweep with the same code. The walk over the blocks is compiled by TorchScript, so
-it runs without Python's GIL, and large batches are split across threads, one share each.
+it runs without Python's GIL, and large batches are split across threads, one share each,
+when torch has more than one thread (during training, genlab.threads grants the idle cores).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def _sweep(xs: Tensor, W: Tensor, V: Tensor, b: Tensor, c: Tensor,
     with one intra-op thread (the compiled sweep runs without the GIL) and the gradient sums
     are added. At batch 512 on two cores a training step runs at 3,210 images/s split against
     2,005 as one sweep on two intra-op threads (an idle machine, benchmarks/nade_speed.py's
-    model); splitting also avoids OpenMP's busy-waiting when another process holds a core.
+    model). The shares pay only on idle cores: where other processes hold the cores, each
+    share gets a slice of this process's CPU time and the step waits for the slower one
+    (batch 64 beside other jobs: about half the images/s of one sweep on one thread), so
+    the split follows torch's thread count, which genlab.threads lowers to the idle cores.
     """
     threads = torch.get_num_threads()
     parts = min(threads, xs.shape[0] // _MIN_SHARE)
