@@ -373,16 +373,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from genlab.completion import region_mask
     from genlab.data import binarize
-    from genlab.images import read_image, save_completions
+    from genlab.images import save_completions
 
-    source, k = Path(args.complete), args.n_completions
-    if source.is_file() and source.suffix.lower() != ".npz":  # one image file
-        x = read_image(source, model.shape)
-    else:  # a folder, .npz or data set, prepared as the run's data (binarization, shape)
-        split = args.split or ("all" if source.exists() else "test")
-        x = _run_data(args.run, args.complete, split, args.limit).x[: args.limit]
-    # Grey inputs for a binary model (an image file, "dynamic" data): one draw, as the run's
-    # binarization makes it; other grey levels are rounded to the model's grid.
+    # An image file, a folder, .npz or data set, prepared as the run's data (binarization, shape).
+    split = args.split or ("all" if Path(args.complete).exists() else "test")
+    x, k = _run_data(args.run, args.complete, split, args.limit).x[: args.limit], args.n_completions
+    # Grey inputs for a binary model ("dynamic" data, a run without a data record): one draw,
+    # as the run's binarization makes it; other grey levels are rounded to the model's grid.
     levels = 2 if model.data_kind == "binary" else getattr(model, "levels", 256)
     if model.data_kind == "binary" and not bool(((x == 0) | (x == 1)).all()):
         mode = read_config(args.run).get("train", {}).get("data", {}).get("binarize")

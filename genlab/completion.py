@@ -305,10 +305,10 @@ def region_mask(spec: str, shape: tuple[int, int, int], n: int = 1,
 
     c, h, w = shape
     hide = torch.zeros(n, 1, h, w, dtype=torch.bool)
-    if Path(spec).is_file():
-        from genlab.images import read_image
+    if Path(spec).is_file():  # read (grey, resized) as the data package reads any image
+        from genlab.data import load
 
-        hide = (read_image(spec, (1, h, w)) >= 0.5).expand(n, 1, h, w)
+        hide = (load(spec, "all", shape=(1, h, w)).x[:1] >= 0.5).expand(n, 1, h, w)
         return ~hide.expand(n, c, h, w)
     every = slice(None)
     halves = {"bottom": (slice(h // 2, None), every), "top": (slice(None, h // 2), every),

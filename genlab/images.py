@@ -1,4 +1,4 @@
-"""Image grids: what a person looks at after training, sampling or completing; image files in."""
+"""Image grids: what a person looks at after training, sampling or completing."""
 
 from __future__ import annotations
 
@@ -94,19 +94,3 @@ def save_completions(x: Tensor, given: Tensor, completions: Tensor,
     rows = torch.cat([tinted(x, given).unsqueeze(1), filled], 1)  # (N, 1 + k, 3, H, W)
     return save_grid(rows.flatten(0, 1), path, nrow=k + 1)
 
-
-def read_image(path: str | os.PathLike, shape: tuple[int, int, int]) -> Tensor:
-    """One image file as (1, C, H, W) in [0, 1]: grey for C = 1, RGB for C = 3, resized to
-    (H, W) like image folders are. A clear error for a file that is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), getattr(Image, "Resampling", Image).BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8).reshape(h, w, -1)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255).unsqueeze(0)

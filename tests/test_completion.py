@@ -359,7 +359,7 @@ def test_is_prefix_of_every_order():
     assert is_prefix(known, torch.tensor([[2, 1, 0, 3]])).tolist() == [False] * 2 + [True] * 3
 
 
-def test_region_masks_hide_the_named_part():
+def test_region_masks_hide_the_named_part(tmp_path):
     m = region_mask("bottom", (3, 4, 5), n=2)
     assert m.shape == (2, 3, 4, 5) and m.dtype == torch.bool
     assert bool(m[:, :, :2].all()) and not bool(m[:, :, 2:].any())
@@ -368,6 +368,11 @@ def test_region_masks_hide_the_named_part():
     assert bool(region_mask("top", (1, 4, 4))[:, :, 2:].all())
     rnd = region_mask("random:0.5", (3, 20, 20), n=4, generator=torch.Generator().manual_seed(0))
     assert 0.4 < float(rnd.float().mean()) < 0.6 and torch.equal(rnd[:, 0], rnd[:, 2])
+    picture = np.zeros((8, 12), np.uint8)
+    picture[:, 6:] = 255  # white = hidden, at twice the size: resized to the image
+    Image.fromarray(picture).save(tmp_path / "mask.png")
+    m = region_mask(str(tmp_path / "mask.png"), (3, 4, 6), n=2)
+    assert m.shape == (2, 3, 4, 6) and bool(m[..., :3].all()) and not bool(m[..., 3:].any())
     for bad in ("middle", "random:2", "random:x"):
         with pytest.raises(ValueError, match="mask|probability"):
             region_mask(bad, (1, 4, 4))
