@@ -36,6 +36,7 @@ from torch import Tensor
 from genlab.data import Dataset, Loader
 from genlab.devices import autocast, check_precision, fork_rng, resolve_device, to_device
 from genlab.images import save_grid
+from genlab.metrics.likelihood import validate
 from genlab.models.base import (
     GenerativeModel,
     RunError,
@@ -488,31 +489,6 @@ def _lr_factor(
         return 1.0
     frac = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
     return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine, to 0 at the end
-
-
-@torch.no_grad()
-def validate(
-    model: GenerativeModel, data: Dataset, batch_size: int = 256, limit: int | None = None
-) -> float:
-    """Mean of the model's own loss over (the first ``limit`` images of) ``data``.
-
-    For likelihood models the loss *is* the negative log-likelihood in nats; for a VAE it is
-    its negative training bound (ELBO or IWAE), an upper bound. Uses the first player's loss.
-    """
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    # A fixed generator keeps dynamic binarization of validation data identical across calls.
-    for batch in Loader(data, batch_size, shuffle=False, drop_last=False, seed=12345):
-        if limit is not None and count >= limit:
-            break
-        batch = to_device(batch, model.device)
-        loss, _ = model.loss(batch, model.players[0])
-        b = len(batch["x"])
-        total += float(loss) * b
-        count += b
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 # ---- signals -------------------------------------------------------------------------------

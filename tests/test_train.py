@@ -82,7 +82,7 @@ def test_early_stopping():
     )
     assert hist.stopped == "early stopping" and hist.step < 10_000
     # the model ends with the weights that validated best, not the last ones
-    from genlab.train import validate
+    from genlab.metrics import validate
 
     assert validate(model, bars(16)) == pytest.approx(hist.best_val, rel=1e-6)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in hist.best_state.items())

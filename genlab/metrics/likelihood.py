@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from genlab.data import Dataset, Loader
-from genlab.models.base import GenerativeModel, Unsupported, require
+from genlab.devices import to_device
+from genlab.models.base import GenerativeModel, require
 
 
 @dataclass
@@ -181,8 +182,6 @@ def nll(
     method = name if k is None else f"{name}, k={k}"
     loss = None
     if not model.exact:
-        from genlab.train import validate
-
         loss = validate(model, data, batch_size=batch_size)
     return NLLReport(
         nats=nats,
@@ -195,20 +194,30 @@ def nll(
     )
 
 
-def auroc(scores_pos: Tensor, scores_neg: Tensor) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties count 1/2."""
-    pos = scores_pos.double().flatten()
-    neg = scores_neg.double().flatten()
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("auroc needs at least one positive and one negative score")
-    allv = torch.cat([pos, neg])
-    # Average ranks handle ties exactly (Mann-Whitney U statistic).
-    _, inverse, counts = torch.unique(allv, return_inverse=True, return_counts=True)
-    last_rank = counts.cumsum(0).double()
-    ranks = (last_rank - (counts.double() - 1) / 2)[inverse]
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
+__all__ = ["NLLReport", "Progress", "bits_per_dim", "check_finite", "log_probs", "method_of",
+           "nll", "validate"]
 
 
-__all__ = ["NLLReport", "Progress", "Unsupported", "auroc", "bits_per_dim", "check_finite",
-           "log_probs", "method_of", "nll"]
+@torch.no_grad()
+def validate(
+    model: GenerativeModel, data: Dataset, batch_size: int = 256, limit: int | None = None
+) -> float:
+    """Mean of the model's own loss over (the first ``limit`` images of) ``data``.
+
+    For likelihood models the loss *is* the negative log-likelihood in nats; for a VAE it is
+    its negative training bound (ELBO or IWAE), an upper bound. Uses the first player's loss.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    # A fixed generator keeps dynamic binarization of validation data identical across calls.
+    for batch in Loader(data, batch_size, shuffle=False, drop_last=False, seed=12345):
+        if limit is not None and count >= limit:
+            break
+        batch = to_device(batch, model.device)
+        loss, _ = model.loss(batch, model.players[0])
+        b = len(batch["x"])
+        total += float(loss) * b
+        count += b
+    model.train(was_training)
+    return total / max(count, 1)
