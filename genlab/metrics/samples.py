@@ -43,7 +43,7 @@ class FeatureNetLike(Protocol):
 
     name: str
     dim: int
-    classes: int
+    classes: Sequence[str]  # class names, in the order of the logits
     description: str  # e.g. "genlab-mnist-classifier, 128-d penultimate layer"
 
     def features(self, x: Tensor) -> Tensor: ...  # (B, C, H, W) in [0, 1] -> (B, dim)
@@ -90,14 +90,16 @@ def describe_real(real: Dataset) -> str:
 
 # ---- features ------------------------------------------------------------------------------------
 class TorchmetricsFeature(nn.Module):
-    """genlab's feature network as torchmetrics' ``feature=`` module: the thinnest adapter.
+    """genlab's feature network as torchmetrics' ``feature=`` module: the thinnest adapter,
+    used only for a network without an int ``num_features`` (``FeatureNet`` has one and goes
+    to torchmetrics as it is; see :func:`torchmetrics_feature`).
 
-    Why it exists: ``FrechetInceptionDistance`` sizes its states from ``feature.num_features``
-    and, when the module has no such attribute, probes it with a (1, 3, 299, 299) uint8 image
-    (Inception's input), which a 1x28x28 network for float images in [0, 1] cannot take; our
-    networks call that width ``dim``. With a custom module torchmetrics does not cast or resize
-    the images (``normalize`` only applies to its own Inception), so forward passes them through
-    unchanged. ``KernelInceptionDistance`` needs no probe; it takes the same adapter for symmetry.
+    Why: ``FrechetInceptionDistance`` sizes its states from ``feature.num_features`` and, when
+    the module has no such attribute, probes it with a (1, 3, 299, 299) uint8 image (Inception's
+    input), which a 1x28x28 network for float images in [0, 1] cannot take. With a custom
+    module torchmetrics neither casts nor resizes the images (``normalize`` only applies to its
+    own Inception), so ``forward`` passes them through unchanged. ``KernelInceptionDistance``
+    never probes; it takes the same module for symmetry.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -107,6 +109,14 @@ class TorchmetricsFeature(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, dim)
         return self.net.features(x)
+
+
+def torchmetrics_feature(net: nn.Module) -> nn.Module:
+    """What to pass as torchmetrics' ``feature=``: the network itself when torchmetrics can
+    size it (an int ``num_features``) and its ``forward`` gives the features, else the adapter."""
+    if isinstance(getattr(net, "num_features", None), int):
+        return net
+    return TorchmetricsFeature(net)
 
 
 def _device(net: nn.Module) -> torch.device:
@@ -145,7 +155,8 @@ def feature_net_hash(net: nn.Module) -> str:
     for key, t in net.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): 0-d buffers (batch norm's num_batches_tracked) cannot be viewed as bytes.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -206,7 +217,7 @@ def fid(images: Tensor, real: Dataset, feature_net: nn.Module, *, cache: bool = 
     """Fréchet distance between Gaussians fitted to the features of ``images`` and of ``real``
     (torchmetrics' ``FrechetInceptionDistance`` on genlab's feature network)."""
     ref = reference_features(real, feature_net, cache, batch_size).double()  # (N, dim)
-    metric = FrechetInceptionDistance(feature=TorchmetricsFeature(feature_net))
+    metric = FrechetInceptionDistance(feature=torchmetrics_feature(feature_net))
     metric = metric.to(_device(feature_net))
     # The real side from the cached features: the same sums update() would accumulate.
     metric.real_features_sum = ref.sum(0).to(metric.real_features_sum)
@@ -230,7 +241,7 @@ def kid(images: Tensor, real: Dataset, feature_net: nn.Module, *, subsets: int =
     with warnings.catch_warnings():
         # Its warning that it keeps every feature: (10k, 128) floats here, 5 MB.
         warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save")
-        metric = KernelInceptionDistance(feature=TorchmetricsFeature(feature_net),
+        metric = KernelInceptionDistance(feature=torchmetrics_feature(feature_net),
                                          subsets=subsets, subset_size=size)
     metric = metric.to(_device(feature_net))
     metric.real_features.append(ref.to(metric.device))
@@ -312,14 +323,17 @@ def classifier_score(images: Tensor, feature_net: nn.Module, *, real: Dataset | 
     only names the data in the report: the score does not look at real images."""
     logits = extract(feature_net, images, "logits", batch_size)  # (N, K)
     mean, std = classifier_score_probs(logits.softmax(1), splits)
-    covered, hist = mode_coverage(logits.argmax(1), logits.shape[1], min_share)
     k = logits.shape[1]
+    covered, hist = mode_coverage(logits.argmax(1), k, min_share)
+    names = getattr(feature_net, "classes", None)
+    names = list(map(str, names)) if isinstance(names, Sequence) and len(names) == k else None
     return SampleReport(
         "classifier score", mean, features=feature_net.description, n_samples=len(images),
         real=describe_real(real) if real is not None else "no real data",
         n_real=len(real) if real is not None else 0, std=std, std_of=f"std over {splits} splits",
         note=f"covers {covered}/{k} classes",
-        details={"covered": covered, "classes": k, "histogram": hist, "min_share": min_share})
+        details={"covered": covered, "classes": k, "histogram": hist, "class_names": names,
+                 "min_share": min_share})
 
 
 # ---- Parzen window -------------------------------------------------------------------------------
@@ -378,11 +392,11 @@ def parzen(samples: Tensor, val: Dataset | Tensor, test: Dataset | Tensor, *,
     ll = parzen_log_likelihood(samples, test_x, [sigma], chunk)[0]  # (M,)
     stderr = float(ll.std() / math.sqrt(len(ll)))
     return SampleReport(
-        "Parzen log-likelihood", float(ll.mean()),
+        "Parzen log-likelihood (nats)", float(ll.mean()),
         features=f"pixel space, Gaussian kernel σ={sigma:.3g} chosen on "
                  f"{_named(val)} ({len(val_x):,} images)",
         n_samples=len(samples), real=_named(test), n_real=len(test_x),
-        std=stderr, std_of="standard error", note="nats",
+        std=stderr, std_of="standard error",
         details={"sigma": sigma, "sigmas": list(map(float, sigmas)),
                  "val_log_likelihood": val_ll.tolist()})
 
