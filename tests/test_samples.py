@@ -244,6 +244,15 @@ def test_cache_hit_gives_identical_statistics(mnist, monkeypatch):
     assert torch.equal(S.reference_features(real, net, cache=False), first)
 
 
+def test_damaged_cache_file_is_recomputed(mnist):
+    net, real = StandIn(), as_data(mnist[:100])
+    first = S.reference_features(real, net)
+    (path,) = S.cache_dir().glob("*.npy")
+    path.write_bytes(path.read_bytes()[:200])  # truncated, as by a full disk
+    assert torch.equal(S.reference_features(real, net), first)
+    assert np.load(path).shape == (100, net.dim)
+
+
 def test_cache_key_follows_the_net_and_the_data(mnist):
     real = as_data(mnist[:300])
     same, other = S.reference_key(real, StandIn(0)), S.reference_key(real, StandIn(1))

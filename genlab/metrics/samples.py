@@ -199,8 +199,10 @@ def reference_features(real: Dataset, net: nn.Module, cache: bool = True,
         return extract(net, real.x, batch_size=batch_size)
     name = f"{real.name}-{real.split}-{getattr(net, 'name', 'net')}-{reference_key(real, net)[:24]}"
     path = cache_dir() / f"{name}.npy"
-    if path.exists():
-        return torch.from_numpy(np.load(path))
+    with contextlib.suppress(OSError, ValueError, EOFError):  # absent or damaged: recompute
+        cached = np.load(path)
+        if cached.shape == (len(real), net.dim) and cached.dtype == np.float32:
+            return torch.from_numpy(cached)
     feats = extract(net, real.x, batch_size=batch_size)
     _atomic_save(path, feats.numpy())
     return feats
