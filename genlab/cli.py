@@ -517,15 +517,22 @@ def cmd_features(args: argparse.Namespace) -> None:
     check_new_run(out)
     resolve_device(args.device)  # a missing GPU fails before any data is read
     budget = args.time_budget if args.time_budget or args.steps else "4m"
+    settings = {k: _parse_value(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    unknown = sorted(set(settings) - features.SETTINGS)
+    if unknown:
+        raise ValueError(f"a feature network has no setting {', '.join(unknown)}; its settings "
+                         f"are: {', '.join(sorted(features.SETTINGS))}")
     given = {"--data": args.data, "--out": str(out), "--time-budget": args.time_budget,
              "--steps": args.steps, "--batch-size": args.batch_size, "--lr": args.lr,
              "--seed": args.seed, "--limit": args.limit}
     command = shlex.join(["genlab", "features", "train",
-                          *(str(x) for k, v in given.items() if v is not None for x in (k, v))])
+                          *(str(x) for k, v in given.items() if v is not None for x in (k, v)),
+                          *(x for kv in args.set for x in ("--set", kv))])
     result = features.train_feature_net(
         args.data, out, time_budget=budget, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
         device=args.device, progress=not args.quiet, threads=args.threads, command=command,
+        **settings,
     )
     net = result.net
     print(f"{net.description}: {sum(p.numel() for p in net.parameters()):,} parameters, "
@@ -719,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=_positive_float, default=3e-3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
+    s.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                   help="network setting: channels, dim, dropout, max_shift, binarize_fraction")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=_positive_int,
                    help="torch threads (default: the cores other processes leave idle)")

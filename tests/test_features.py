@@ -24,6 +24,9 @@ from genlab.models.base import RunError
 # the first 1000 test images (what these tests recompute, to stay fast).
 BAR = {"mnist": 0.993, "fashion-mnist": 0.91}
 SUBSET_BAR = {"mnist": 0.99, "fashion-mnist": 0.90}
+# On the same images, static-binarized: what samples of binary models look like. Binarized
+# Fashion-MNIST loses its texture, so the bar is lower there (see benchmarks/RESULTS.md).
+BINARY_BAR = {"mnist": 0.98, "fashion-mnist": 0.80}
 
 needs_fashion = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),
@@ -77,7 +80,7 @@ def test_shipped_nets_classify_the_test_images(source):
     assert acc >= SUBSET_BAR[source]
     # Binary samples are what binary models give: the augmentation made the net read them too.
     binary = load(source, "test", limit=1000, binarize="static")
-    assert accuracy(net, binary) >= SUBSET_BAR[source] - 0.03
+    assert accuracy(net, binary) >= BINARY_BAR[source]
 
 
 def test_augmentation_shifts_and_binarizes():

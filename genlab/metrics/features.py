@@ -106,6 +106,11 @@ class FeatureConfig:
             raise RunError(f"{where} describes no feature network genlab can build: {e}") from None
 
 
+# What `genlab features train --set KEY=VALUE` may change (shape, classes and name come from
+# the data).
+SETTINGS = {f.name for f in dataclasses.fields(FeatureConfig)} - {"shape", "classes", "name"}
+
+
 class FeatureNet(nn.Module):
     """A small CNN classifier whose penultimate layer is a feature space for sample metrics.
 
