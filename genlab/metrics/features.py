@@ -131,6 +131,8 @@ class FeatureNet(nn.Module):
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
         self.config = config
+        # What the loaded file records (test accuracy, how it was trained); {} when fresh.
+        self.recorded: dict[str, Any] = {}
         c, _, _ = config.shape
         a, b = config.channels
 
@@ -298,7 +300,7 @@ def _read(config_path: Path, weights: Path, device: str | torch.device) -> Featu
         raise RunError(f"{weights} holds non-finite weights: the training diverged")
     net = FeatureNet(config)
     net.load_state_dict(state)
-    net.recorded = stored  # type: ignore[attr-defined]  # test accuracy, how it was trained
+    net.recorded = stored
     return net.to(target).eval()
 
 
@@ -431,7 +433,7 @@ def export(run: str | os.PathLike, to: str | os.PathLike = WEIGHTS_DIR) -> tuple
     from safetensors.torch import save_file
 
     net = load_feature_net(run)
-    stored = dict(net.recorded)  # type: ignore[attr-defined]
+    stored = net.recorded
     keep = ("feature_net", "kind", "genlab_version", "torch_version", "val_accuracy",
             "test_accuracy", "test_images", "train_steps", "train_seconds", "data")
     meta = {k: stored[k] for k in keep if k in stored}
