@@ -501,6 +501,46 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"wrote {z.shape[0]} feature vectors of size {z.shape[1]} to {out}")
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from genlab.metrics import features
+
+    if args.action == "export":
+        if args.run is None:
+            raise ValueError("features export needs the run folder: genlab features export RUN")
+        weights, meta = features.export(args.run, args.to or features.WEIGHTS_DIR)
+        print(f"wrote {weights} ({weights.stat().st_size / 2**20:.2f} MiB) and {meta}")
+        return
+    if args.run is not None:
+        raise ValueError(f"features train takes no run folder ({args.run!r}): use --out")
+    out = Path(args.out or f"runs/features-{features.slug(args.data)}")
+    check_free(out)
+    check_new_run(out)
+    resolve_device(args.device)  # a missing GPU fails before any data is read
+    budget = args.time_budget if args.time_budget or args.steps else "4m"
+    settings = {k: _parse_value(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    unknown = sorted(set(settings) - features.SETTINGS)
+    if unknown:
+        raise ValueError(f"a feature network has no setting {', '.join(unknown)}; its settings "
+                         f"are: {', '.join(sorted(features.SETTINGS))}")
+    given = {"--data": args.data, "--out": str(out), "--time-budget": args.time_budget,
+             "--steps": args.steps, "--batch-size": args.batch_size, "--lr": args.lr,
+             "--seed": args.seed, "--limit": args.limit}
+    command = shlex.join(["genlab", "features", "train",
+                          *(str(x) for k, v in given.items() if v is not None for x in (k, v)),
+                          *(x for kv in args.set for x in ("--set", kv))])
+    result = features.train_feature_net(
+        args.data, out, time_budget=budget, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+        device=args.device, progress=not args.quiet, threads=args.threads, command=command,
+        **settings,
+    )
+    net = result.net
+    print(f"{net.description}: {sum(p.numel() for p in net.parameters()):,} parameters, "
+          f"{result.steps} steps in {result.seconds:.0f} s")
+    print(f"test accuracy {result.test_accuracy:.2%} (validation {result.val_accuracy:.2%}) on "
+          f"{result.record['test_images']} grey test images; run saved in {out}")
+
+
 def _add_device(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--device",
@@ -669,6 +709,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="features.npz", help="a .npz file (.npz is appended)")
     _add_device(s)
     s.set_defaults(fn=cmd_encode)
+
+    s = add("features", "train genlab's own feature network (a classifier) for FID and its "
+            "relatives, or export one for shipping",
+            "genlab features train --data mnist --time-budget 5m --out runs/features-mnist",
+            more="export: genlab features export runs/features-mnist  "
+            "(into genlab/metrics/weights/)")
+    s.add_argument("action", choices=("train", "export"))
+    s.add_argument("run", nargs="?", help="export: the run folder to export")
+    s.add_argument("--data", default="mnist", help="labelled data: " + sources_help())
+    s.add_argument("--out", help="run folder (default runs/features-DATA)")
+    s.add_argument("--to", help="export: folder to write into (default the package's weights)")
+    s.add_argument("--time-budget", type=_duration, help="e.g. 5m (default 4m)")
+    s.add_argument("--steps", type=_positive_int)
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--lr", type=_positive_float, default=3e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
+    s.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                   help="network setting: channels, dim, dropout, max_shift, binarize_fraction")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--threads", type=_positive_int,
+                   help="torch threads (default: the cores other processes leave idle)")
+    _add_device(s)
+    s.set_defaults(fn=cmd_features)
     return p
 
 
