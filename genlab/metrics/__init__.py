@@ -1,7 +1,20 @@
 """Measures of a model on each use: likelihood (``likelihood``), anomaly detection
-(``detection``). Each module's names are re-exported here."""
+(``detection``), linear probes of features (``probe``). Each module's names are re-exported
+here."""
 
-from genlab.metrics.detection import auroc
+from genlab.metrics.detection import (
+    CORRUPTIONS,
+    Detection,
+    DetectionReport,
+    aupr,
+    auroc,
+    corrupt,
+    detect,
+    fpr_at_tpr,
+    ood_scores,
+    plot_scores,
+    typicality,
+)
 from genlab.metrics.likelihood import (
     NLLReport,
     Progress,
@@ -13,5 +26,7 @@ from genlab.metrics.likelihood import (
     validate,
 )
 
-__all__ = ["NLLReport", "Progress", "auroc", "bits_per_dim", "check_finite", "log_probs",
-           "method_of", "nll", "validate"]
+__all__ = ["CORRUPTIONS", "Detection", "DetectionReport", "NLLReport", "Progress", "aupr",
+           "auroc", "bits_per_dim", "check_finite", "corrupt", "detect", "fpr_at_tpr",
+           "log_probs", "method_of", "nll", "ood_scores", "plot_scores", "typicality",
+           "validate"]

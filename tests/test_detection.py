@@ -1,0 +1,120 @@
+"""Detection metrics against hand-computed cases; OOD scores chosen by capability; perturb data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import genlab
+from genlab.data import Dataset, load, synthetic
+from genlab.metrics import (
+    CORRUPTIONS,
+    Detection,
+    aupr,
+    auroc,
+    corrupt,
+    detect,
+    fpr_at_tpr,
+    typicality,
+)
+from tests.conftest import tiny
+
+T = torch.tensor
+
+
+def test_metrics_by_hand():
+    # descending: .9 P, .8 P, .7 N, .4 P, .3 N, .2 N, .1 N
+    pos, neg = T([0.9, 0.8, 0.4]), T([0.7, 0.3, 0.2, 0.1])
+    assert auroc(pos, neg) == pytest.approx(11 / 12)  # 4 + 4 + 3 of the 12 pairs
+    # precision at each positive: 1/1, 2/2, 3/4, each worth recall 1/3
+    assert aupr(pos, neg) == pytest.approx((1 + 1 + 0.75) / 3)
+    # all three positives need threshold .4, which flags .7 too: 1 of 4 negatives
+    assert fpr_at_tpr(pos, neg) == pytest.approx(0.25)
+    assert fpr_at_tpr(pos, neg, tpr=0.6) == 0.0  # two of three caught above every negative
+
+
+def test_metrics_with_ties_and_extremes():
+    pos, neg = T([1.0, 1.0]), T([1.0, 0.0])
+    assert auroc(pos, neg) == pytest.approx(0.75)
+    assert aupr(pos, neg) == pytest.approx(2 / 3)  # the tie enters at once: 2 TP, 1 FP
+    assert fpr_at_tpr(pos, neg) == pytest.approx(0.5)
+    assert (auroc(T([2.0, 3.0]), T([0.0, 1.0])), aupr(T([2.0, 3.0]), T([0.0, 1.0]))) == (1, 1)
+    assert fpr_at_tpr(T([2.0, 3.0]), T([0.0, 1.0])) == 0.0
+    assert fpr_at_tpr(T([0.0, 1.0]), T([2.0, 3.0])) == 1.0
+    # 19 of 20 is exactly 95%: the threshold 2 suffices, flagging only the negative 30
+    assert fpr_at_tpr(torch.arange(1.0, 21.0), T([0.5, 1.5, 30.0])) == pytest.approx(1 / 3)
+    for f in (auroc, aupr, fpr_at_tpr):
+        with pytest.raises(ValueError):
+            f(T([]), T([1.0]))
+        with pytest.raises(ValueError):
+            f(T([float("nan")]), T([1.0]))
+
+
+def test_aupr_chance_is_the_positive_share():
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.rand(2000, generator=g), torch.rand(6000, generator=g)
+    assert aupr(pos, neg) == pytest.approx(0.25, abs=0.02)
+    assert auroc(pos, neg) == pytest.approx(0.5, abs=0.02)
+    assert fpr_at_tpr(pos, neg) == pytest.approx(0.95, abs=0.02)
+
+
+def test_report_str_and_json():
+    row = Detection.of("log-likelihood (exact)", T([0.0, 1.0]), T([2.0, 3.0]))
+    assert (row.auroc, row.aupr, row.fpr95, row.n_in, row.n_out) == (1.0, 1.0, 0.0, 2, 2)
+    from genlab.metrics import DetectionReport
+
+    report = DetectionReport("nade", "in data", "out data", [row], ["a note"])
+    assert "log-likelihood (exact)" in str(report) and "1.000" in str(report)
+    assert json.loads(report.to_json())["rows"][0]["auroc"] == 1.0
+
+
+def test_typicality_batches():
+    lp = -T([1.0, 3.0, 1.0, 3.0])  # -log p = 1, 3, 1, 3
+    assert typicality(lp, 2.0, 1).tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert len(typicality(lp, 2.0, 2)) == 2  # disjoint batches of 2
+    assert typicality(lp, 2.0, 4).tolist() == [0.0]  # the batch mean is H itself
+    with pytest.raises(ValueError):
+        typicality(lp, 2.0, 5)
+
+
+def test_corruptions_stay_images():
+    x = torch.rand(3, 1, 4, 4)
+    for kind in CORRUPTIONS:
+        c = corrupt(x, kind)
+        assert c.shape == x.shape and bool(((c >= 0) & (c <= 1)).all())
+    assert torch.equal(corrupt(x, "invert"), 1 - x)
+    with pytest.raises(ValueError, match="noise"):
+        corrupt(x, "blur")
+
+
+def test_scores_follow_capabilities():
+    data = synthetic("bars", n=60, shape=(1, 4, 4), seed=0)
+    noise = (torch.rand(60, 1, 4, 4, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    other = Dataset(noise, name="noise")
+    m = genlab.create("fulljoint", shape=(1, 4, 4))  # a table: bar patterns, not noise
+    m.estimate(data.x)
+    bg = tiny("independent")
+    report, scores = detect(m, data, other, train=data, background=bg, typicality_m=(1, 5))
+    names = [r.score for r in report.rows]
+    assert names == ["log-likelihood (exact)", "typicality, M=1", "typicality, M=5",
+                     "likelihood ratio (background model)"]
+    assert report.rows[0].auroc > 0.9  # a fitted model finds noise unlikely
+    assert report.rows[2].n_in == 12  # 60 images in batches of 5
+    gan = tiny("gan")
+    report, _ = detect(gan, data, other)
+    assert [r.score for r in report.rows] == ["discriminator logit (GAN's D, not a likelihood)"]
+
+
+def test_perturb_source():
+    clean = load("synthetic:bars", "train", binarize="static", limit=400)
+    noisy = load("perturb:0.5:synthetic:bars", "train", binarize="static", limit=400)
+    changed = float((clean.x != noisy.x).float().mean())
+    assert changed == pytest.approx(0.25, abs=0.03)  # half replaced, half of those differ
+    assert noisy.origin["source"] == "perturb:0.5:synthetic:bars"
+    assert torch.equal(load(**noisy.origin).x, noisy.x)  # one fixed draw, reloadable
+    none = load("perturb:0:synthetic:bars", "train", binarize="static", limit=400)
+    assert torch.equal(none.x, clean.x)
+    with pytest.raises(ValueError, match="RATE"):
+        load("perturb:2:synthetic:bars")
