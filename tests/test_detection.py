@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import genlab
+from genlab.cli import main
 from genlab.data import Dataset, load, synthetic
 from genlab.metrics import (
     CORRUPTIONS,
@@ -118,3 +120,56 @@ def test_perturb_source():
     assert torch.equal(none.x, clean.x)
     with pytest.raises(ValueError, match="RATE"):
         load("perturb:2:synthetic:bars")
+
+
+# ---- genlab ood, end to end on tiny runs -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny runs on synthetic bars (1x8x8): NADE, its background model on perturbed bars,
+    a VAE and a GAN, a few steps each."""
+    root = tmp_path_factory.mktemp("runs")
+    specs = {"nade": ("synthetic:bars", ["hidden=4"]),
+             "background": ("perturb:0.2:synthetic:bars", ["hidden=4"]),
+             "vae": ("synthetic:bars", ["hidden=8", "latent=2"]),
+             "gan": ("synthetic:bars", ["latent=2", "hidden=8,8"])}
+    for name, (data, sets) in specs.items():
+        model = "nade" if name == "background" else name
+        argv = ["train", model, "--data", data, "--steps", "3", "--quiet", "--sample-every", "0",
+                "--out", str(root / name)]
+        assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    return root
+
+
+def test_ood_cli_prints_every_score_and_writes_the_histogram(runs, tmp_path, capsys):
+    code = main(["ood", str(runs / "nade"), "--ood", "invert", "--background",
+                 str(runs / "background"), "--typicality-m", "1,4", "--limit", "64",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for name in ("log-likelihood (exact)", "typicality, M=1", "typicality, M=4",
+                 "likelihood ratio (background model)", "synthetic:bars (invert)"):
+        assert name in out
+    assert Image.open(tmp_path / "ood-invert.png").format == "PNG"
+    rows = json.loads((tmp_path / "ood-invert.json").read_text())["rows"]
+    assert len(rows) == 4 and rows[2]["n_in"] == 16  # 64 images in batches of 4
+
+
+def test_ood_cli_names_estimates_and_discriminators(runs, tmp_path, capsys):
+    code = main(["ood", str(runs / "vae"), "--ood", "noise", "-k", "4", "--limit", "32",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "log-likelihood (importance-weighted estimate, k=4)" in out
+    code = main(["ood", str(runs / "gan"), "--ood", "synthetic:blobs", "--limit", "32",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "discriminator logit" in out and "typicality" not in out
+
+
+def test_ood_cli_errors_are_one_line(runs, capsys):
+    code = main(["ood", str(runs / "nade"), "--ood", "no-such-source"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "unknown data source" in err
