@@ -558,6 +558,19 @@ def cmd_ood(args: argparse.Namespace) -> None:
     print(f"wrote {out / (stem + '.png')} and {stem}.json")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from genlab.metrics import probe
+
+    model = load(args.run, device=args.device)
+    require(model, "encode")
+    train, val, test = (_run_data(args.run, args.data, split, args.limit)
+                        for split in ("train", "val", "test"))
+    report = probe(model, train, val, test, controls=not args.no_controls, seed=args.seed)
+    print(report)
+    if args.json:
+        Path(args.json).write_text(report.to_json())
+
+
 def _add_device(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--device",
@@ -749,6 +762,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for ood-OOD.png and .json (default the run folder)")
     _add_device(s)
     s.set_defaults(fn=cmd_ood)
+    s = add("probe", "linear probe (logistic regression) and 10-NN accuracy of encode features, "
+            "beside raw pixels and the same encoder with random weights",
+            "genlab probe runs/vae --data mnist --limit 10000")
+    s.add_argument("run")
+    s.add_argument("--data", help="labelled data (default: the run's)")
+    s.add_argument("--limit", type=_positive_int, help="images of each split")
+    s.add_argument("--no-controls", action="store_true",
+                   help="skip the raw-pixel and random-weight controls")
+    s.add_argument("--seed", type=int, default=0, help="of the random-weight encoder")
+    s.add_argument("--json", help="also write the report as JSON")
+    _add_device(s)
+    s.set_defaults(fn=cmd_probe)
     return p
 
 

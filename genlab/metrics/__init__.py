@@ -25,8 +25,19 @@ from genlab.metrics.likelihood import (
     nll,
     validate,
 )
+from genlab.metrics.probe import (
+    ProbeReport,
+    ProbeResult,
+    features,
+    fit_logistic,
+    knn_accuracy,
+    linear_probe,
+    probe,
+    standardize,
+)
 
 __all__ = ["CORRUPTIONS", "Detection", "DetectionReport", "NLLReport", "Progress", "aupr",
            "auroc", "bits_per_dim", "check_finite", "corrupt", "detect", "fpr_at_tpr",
            "log_probs", "method_of", "nll", "ood_scores", "plot_scores", "typicality",
-           "validate"]
+           "validate", "ProbeReport", "ProbeResult", "features", "fit_logistic",
+           "knn_accuracy", "linear_probe", "probe", "standardize"]
