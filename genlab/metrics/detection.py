@@ -252,7 +252,8 @@ def detect(model: Any, in_data: Dataset, out_data: Dataset, **kwargs: Any
 
 def plot_scores(scores: dict[str, tuple[Tensor, Tensor]], path: str | Path,
                 title: str = "") -> None:
-    """One histogram panel per score, in-distribution and OOD overlaid, written to ``path``."""
+    """One histogram panel per score, in-distribution and OOD overlaid, written to ``path``.
+    Each panel spans the 0.5%-99.5% quantiles of both; the tails pile into the end bins."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
