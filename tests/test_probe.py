@@ -79,15 +79,24 @@ def test_pixelcnn_encode_pools_the_last_feature_map(name):
     assert not torch.allclose(m.encode(first), z)
 
 
-def test_probe_report_has_both_controls():
-    def labelled(seed: int) -> Dataset:
-        x = torch.zeros(120, 1, 4, 4)
-        y = torch.arange(120) % 2
-        x[y == 0, :, :2] = 1  # class 0: top half on; class 1: bottom half
-        x[y == 1, :, 2:] = 1
-        flip = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) < 0.1
-        return Dataset(torch.where(flip, 1 - x, x), y, "halves")
+def labelled(seed: int) -> Dataset:
+    """Two classes of 4x4 images, top or bottom half on, 10% of the pixels flipped."""
+    x = torch.zeros(120, 1, 4, 4)
+    y = torch.arange(120) % 2
+    x[y == 0, :, :2] = 1
+    x[y == 1, :, 2:] = 1
+    flip = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) < 0.1
+    return Dataset(torch.where(flip, 1 - x, x), y, "halves")
 
+
+@pytest.mark.parametrize("name", [n for n, c in genlab.MODELS.items() if c.has("encode")])
+def test_every_encoder_gets_its_random_weight_control(name):
+    report = probe(tiny(name), labelled(0), labelled(1), labelled(2))
+    assert [r.dim for r in report.rows][::2] == [report.rows[0].dim] * 2  # same encoder
+    assert all(0 <= r.accuracy <= 1 and 0 <= r.knn_accuracy <= 1 for r in report.rows)
+
+
+def test_probe_report_has_both_controls():
     report = probe(tiny("nade"), labelled(0), labelled(1), labelled(2))
     names = [r.features for r in report.rows]
     assert names == ["nade encode", "raw pixels", "nade encode, random weights"]
