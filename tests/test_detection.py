@@ -156,6 +156,21 @@ def test_ood_cli_prints_every_score_and_writes_the_histogram(runs, tmp_path, cap
     assert len(rows) == 4 and rows[2]["n_in"] == 16  # 64 images in batches of 4
 
 
+def test_corruptions_survive_binarization(runs):
+    import argparse
+
+    from genlab.cli import _ood_data
+    from genlab.models import load as load_run
+
+    model = load_run(runs / "nade")
+    for kind, lo, hi in (("noise", 0.4, 0.6), ("invert", 0.0, 1.0)):
+        args = argparse.Namespace(run=str(runs / "nade"), data=None, ood=kind, limit=64, seed=0)
+        test, out, _ = _ood_data(args, model)
+        assert out.binarize == test.binarize == "static" and len(out) == 64
+        assert bool(((out.x == 0) | (out.x == 1)).all())
+        assert lo < float(out.x.mean()) < hi  # noise binarized is Bernoulli(1/2), not all 0
+
+
 def test_ood_cli_names_estimates_and_discriminators(runs, tmp_path, capsys):
     code = main(["ood", str(runs / "vae"), "--ood", "noise", "-k", "4", "--limit", "32",
                  "--out", str(tmp_path)])

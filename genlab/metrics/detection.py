@@ -32,7 +32,10 @@ import torch
 from torch import Tensor
 
 from genlab.data import Dataset
-from genlab.data.seeds import generator
+from genlab.data.seeds import generator, mix
+
+CORRUPTIONS = ("noise", "constant", "flip", "invert")
+TAG_CORRUPT = 0xC0  # seeds.mix tag of the corruptions' stream (the data package's tags are 1-6)
 
 
 def _pair(scores_pos: Tensor, scores_neg: Tensor, what: str) -> tuple[Tensor, Tensor]:
@@ -157,19 +160,18 @@ def corrupt(x: Tensor, kind: str, seed: int = 0) -> Tensor:
     """A synthetic OOD set from grey images ``x`` (N, C, H, W) in [0, 1], before binarization:
     ``noise`` uniform grey noise, ``constant`` one uniform grey value per image, ``flip`` the
     images upside down, ``invert`` 1 - x."""
-    g = generator(seed)
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}: expected one of {', '.join(CORRUPTIONS)}")
+    # A stream of its own: binarizing with generator(seed) must not reuse these uniforms
+    # (u < u is never true: every noise pixel would come out 0).
+    g = generator(mix(TAG_CORRUPT, seed))
     if kind == "noise":
         return torch.rand(x.shape, generator=g)
     if kind == "constant":
         return torch.rand(len(x), 1, 1, 1, generator=g).expand_as(x).clone()
     if kind == "flip":
         return x.flip(-2)
-    if kind == "invert":
-        return 1 - x
-    raise ValueError(f"unknown corruption {kind!r}: expected one of {', '.join(CORRUPTIONS)}")
-
-
-CORRUPTIONS = ("noise", "constant", "flip", "invert")
+    return 1 - x  # invert
 
 
 def has_discriminator(model: Any) -> bool:
