@@ -7,6 +7,8 @@
     genlab eval runs/nade
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
+    genlab ood runs/nade --data mnist --ood fashion-mnist
+    genlab probe runs/vae --data mnist
     (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
 Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
@@ -399,8 +401,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.2f} s")
 
 
-def _run_data(run: str, source: str | None, split: str, limit: int | None) -> Any:
-    """The data a run was trained on (its binarization and seed), or ``source`` likewise."""
+_RUNS = object()  # "the run's own binarization"
+
+
+def _run_data(run: str, source: str | None, split: str, limit: int | None,
+              binarize: Any = _RUNS) -> Any:
+    """The data a run was trained on (its binarization and seed), or ``source`` likewise;
+    ``binarize`` (e.g. None: grey values) overrides the run's binarization."""
     config = read_config(run)
     data_cfg = config.get("train", {}).get("data", {})
     src = source or data_cfg.get("source")
@@ -409,7 +416,7 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None) -> An
     return load_data(
         src,
         split,
-        binarize=data_cfg.get("binarize"),
+        binarize=data_cfg.get("binarize") if binarize is _RUNS else binarize,
         seed=data_cfg.get("seed", 0),
         limit=limit,
         shape=tuple(config["shape"]),
@@ -583,6 +590,69 @@ def cmd_features(args: argparse.Namespace) -> None:
           f"{result.steps} steps in {result.seconds:.0f} s")
     print(f"test accuracy {result.test_accuracy:.2%} (validation {result.val_accuracy:.2%}) on "
           f"{result.record['test_images']} grey test images; run saved in {out}")
+
+
+def _m_list(text: str) -> tuple[int, ...]:
+    """argparse type: --typicality-m 1,5,25: batch sizes, each at least 1."""
+    try:
+        return tuple(_positive_int(t) for t in text.split(","))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 1,5,25: {e}") from None
+
+
+def _ood_data(args: argparse.Namespace, model: GenerativeModel) -> tuple[Any, Any, Any]:
+    """(in-distribution test, OOD, training images for typicality), all as the run's data is
+    prepared (binarization, seed, shape). A corruption is made from the grey test images and
+    then binarized as the run's data are."""
+    from genlab.data import Dataset, binarize
+    from genlab.data.seeds import generator
+    from genlab.metrics import CORRUPTIONS, corrupt
+
+    test = _run_data(args.run, args.data, "test", args.limit)
+    train = _run_data(args.run, args.data, "train", args.limit or 10_000)
+    if args.ood not in CORRUPTIONS:
+        split = "all" if Path(args.ood).exists() else "test"
+        return test, _run_data(args.run, args.ood, split, args.limit), train
+    grey = _run_data(args.run, args.data, "test", args.limit, binarize=None)
+    x = corrupt(grey.x, args.ood, seed=args.seed)
+    if test.binarize in ("static", "threshold"):
+        x = binarize(x, test.binarize, generator(args.seed))
+    elif model.data_kind != "binary":  # rounded to the model's grey levels, as sample does
+        levels = getattr(model, "levels", 256)
+        x = torch.round(x * (levels - 1)) / (levels - 1)
+    return test, Dataset(x, None, f"{test.name} ({args.ood})", "test", test.binarize,
+                         test.seed), train
+
+
+def cmd_ood(args: argparse.Namespace) -> None:
+    from genlab.metrics import detect, plot_scores
+
+    model = load(args.run, device=args.device)
+    background = load(args.background, device=args.device) if args.background else None
+    in_data, out_data, train = _ood_data(args, model)
+    kwargs = {} if model.exact or not model.has("log_prob") else {"k": args.k}
+    report, scores = detect(model, in_data, out_data, train=train, background=background,
+                            typicality_m=args.typicality_m, **kwargs)
+    print(report)
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "ood-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(args.ood).name)
+    plot_scores(scores, out / f"{stem}.png", title=f"{report.in_data} vs {report.out_data}")
+    (out / f"{stem}.json").write_text(report.to_json())
+    print(f"wrote {out / (stem + '.png')} and {stem}.json")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from genlab.metrics import probe
+
+    model = load(args.run, device=args.device)
+    require(model, "encode")
+    train, val, test = (_run_data(args.run, args.data, split, args.limit)
+                        for split in ("train", "val", "test"))
+    report = probe(model, train, val, test, controls=not args.no_controls, seed=args.seed)
+    print(report)
+    if args.json:
+        Path(args.json).write_text(report.to_json())
 
 
 def _add_device(s: argparse.ArgumentParser) -> None:
@@ -787,6 +857,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: the cores other processes leave idle)")
     _add_device(s)
     s.set_defaults(fn=cmd_features)
+
+
+    s = add("ood", "out-of-distribution detection: AUROC, AUPR and FPR@95 of every score the "
+            "model supports, and a histogram of the scores",
+            "genlab ood runs/nade --data mnist --ood fashion-mnist --limit 2000",
+            more="scores: log-likelihood (bits/dim ranks the same), typicality on batches of M "
+            "(Nalisnick et al. 2019b),\nlikelihood ratio with --background (Ren et al. 2019; "
+            "train it on --data perturb:0.2:SOURCE),\nthe discriminator's logit for GANs")
+    s.add_argument("run")
+    s.add_argument("--data", help="in-distribution data (default: the run's), its test split")
+    s.add_argument("--ood", required=True,
+                   help=f"{sources_help()}; or a corruption of the test split: noise, "
+                   "constant, flip (upside down), invert")
+    s.add_argument("--background", metavar="RUN",
+                   help="a model trained on perturbed inputs: adds the likelihood ratio")
+    s.add_argument("--typicality-m", type=_m_list, default=(1, 5, 25),
+                   help="batch sizes of the typicality test (default 1,5,25)")
+    s.add_argument("--limit", type=_positive_int,
+                   help="images of each test set (and training images for H; default 10000)")
+    s.add_argument("-k", type=_importance_samples, default=1000,
+                   help="samples for estimated likelihoods (VAE: IWAE); default 1000")
+    s.add_argument("--seed", type=int, default=0, help="of the corruptions")
+    s.add_argument("--out", help="folder for ood-OOD.png and .json (default the run folder)")
+    _add_device(s)
+    s.set_defaults(fn=cmd_ood)
+    s = add("probe", "linear probe (logistic regression) and 10-NN accuracy of encode features, "
+            "beside raw pixels and the same encoder with random weights",
+            "genlab probe runs/vae --data mnist --limit 10000")
+    s.add_argument("run")
+    s.add_argument("--data", help="labelled data (default: the run's)")
+    s.add_argument("--limit", type=_positive_int, help="images of each split")
+    s.add_argument("--no-controls", action="store_true",
+                   help="skip the raw-pixel and random-weight controls")
+    s.add_argument("--seed", type=int, default=0, help="of the random-weight encoder")
+    s.add_argument("--json", help="also write the report as JSON")
+    _add_device(s)
+    s.set_defaults(fn=cmd_probe)
     return p
 
 

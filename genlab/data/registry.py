@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from genlab.data import perturb
 from genlab.data.binarization import bernoulli_bits, per_image_bits
 from genlab.data.dataset import (
     BINARIZE_MODES,
@@ -263,6 +264,10 @@ def load(
     - ``"synthetic:bars"`` / ``"synthetic:blobs"``: see :func:`synthetic`; every split is an
       independent draw of ``limit`` (default 512) images of ``shape`` (default 1x8x8).
 
+    ``"perturb:RATE:SOURCE"``: SOURCE with each sub-pixel replaced by noise with probability
+    RATE, after binarization (the background data of Ren et al. 2019; see
+    :mod:`genlab.data.perturb`).
+
     A folder is read as IDX if it holds ``train-images`` IDX files, else as images; prefixes
     ``npz:``, ``idx:``, ``folder:`` and ``image:`` force the kind (``folder:mnist`` is a folder).
 
@@ -290,6 +295,11 @@ def load(
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive int or None, got {limit!r}")
 
+    wrapped = perturb.parse(source)
+    if wrapped is not None:
+        rate, inner = wrapped
+        data = load(inner, split, binarize=binarize, shape=shape, seed=seed, limit=limit)
+        return perturb.perturbed(data, rate, seed)
     entry, target, origin = _resolve(source)
     src = _open(entry, Request(target, shape, seed, limit))
     if shape is not None and src.shape != shape:

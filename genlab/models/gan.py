@@ -134,3 +134,10 @@ class GAN(GenerativeModel):
         """D's last hidden layer (B, hidden[0]): features learned by telling real from fake."""
         self.check_input(x)
         return self.discriminator.features(x.flatten(1) * 2 - 1)
+
+    @torch.no_grad()
+    def discriminate(self, x: Tensor) -> Tensor:
+        """D's logit (B,) for images ``x`` in [0, 1]: how real D finds them. A score learned
+        against this generator's fakes, not a likelihood (genlab.metrics.detection uses it)."""
+        self.check_input(x)
+        return self.discriminator(x.flatten(1) * 2 - 1)

@@ -370,6 +370,13 @@ class NADE(PixelAutoregressive):
             return _LogProb.apply(xs, *params)
         return _nats(_sweep(xs, *params)[0], xs)
 
+    def encode(self, x: Tensor) -> Tensor:
+        """Features (B, H): the hidden layer after the last sub-pixel, sigmoid(c + W^T x),
+        i.e. the activations given the whole image. Every conditional reads a prefix of
+        this sum; this one is a feature of the whole image, which no conditional uses."""
+        self.check_input(x)
+        return torch.sigmoid(torch.addmm(self.c, self._ordered(x), self.W))  # (B, D) @ (D, H)
+
     def logits(self, x: Tensor) -> Tensor:
         """Logits of p(x_i | the sub-pixels before i in the ordering): (B, C, H, W) for binary
         pixels, (B, K, C, H, W) for K levels.

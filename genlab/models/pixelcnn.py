@@ -230,10 +230,21 @@ class PixelCNN(_CachedPixelModel):
         """(B, C, H, W) or (B, K, C, H, W) logits; ``x`` may hold any real values."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             self.check_input(x)  # the standard shape error
+        return self._layout(self.head_out(self._features(x)))
+
+    def _features(self, x: Tensor) -> Tensor:
+        """The last feature map (B, 2h, H, W), the output layer's input."""
         t = self.conv_in(self._input(x))
         for block in self.blocks:
             t = block(t)
-        return self._layout(self.head_out(F.relu(self.head(F.relu(t)))))
+        return F.relu(self.head(F.relu(t)))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Features (B, 2h): the last feature map averaged over space. The map at (i, j) sees
+        only the sub-pixels before it in raster order, so the average is a feature of the
+        whole image (all but its last sub-pixel)."""
+        self.check_input(x)
+        return self._features(x).mean((2, 3))
 
     def _sampler(self, n: int, cond: dict[str, Tensor] | None) -> tuple[_PixelCNNState, dict]:
         return _PixelCNNState(self, n), cond
@@ -407,10 +418,22 @@ class GatedPixelCNN(_CachedPixelModel):
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             self.check_input(x)
         y = self._labels(y if y is not None else self._y, len(x))
+        return self._layout(self.head_out(self._features(x, self._biases(y))))
+
+    def _features(self, x: Tensor, biases: list[tuple[Tensor | None, Tensor | None]]
+                  ) -> Tensor:
+        """The last feature map (B, 2h, H, W), the output layer's input."""
         v = t = self._input(x)
-        for layer, (cv, ch) in zip(self.layers, self._biases(y), strict=True):
+        for layer, (cv, ch) in zip(self.layers, biases, strict=True):
             v, t = layer(v, t, cv, ch)
-        return self._layout(self.head_out(F.relu(self.head(F.relu(t)))))
+        return F.relu(self.head(F.relu(t)))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Features (B, 2h): the last feature map averaged over space. A class-conditional
+        model encodes without its class biases (their initial value, zero): the features must
+        not depend on a label the caller may not have."""
+        self.check_input(x)
+        return self._features(x, [(None, None)] * len(self.layers)).mean((2, 3))
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(x | y) in nats (B,); with classes > 0 and no y, log of the uniform mixture."""
