@@ -4,11 +4,13 @@
     genlab params --pixels 784
     genlab train nade --data mnist --preset cpu --time-budget 10m --out runs/nade [--resume]
     genlab sample runs/nade -n 64 --out grid.png
-    genlab eval runs/nade
+    genlab sample runs/nade --complete mnist --mask bottom
+    genlab eval runs/nade [--metrics nll,fid,kid,pr,cs,parzen]
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
     genlab ood runs/nade --data mnist --ood fashion-mnist
     genlab probe runs/vae --data mnist
+    genlab features train --data mnist --out runs/features-mnist
     (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
 Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
