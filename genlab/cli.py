@@ -683,7 +683,8 @@ def _subcommand(sub: Any, name: str, help: str, example: str, common: argparse.A
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="genlab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="genlab", description="Train, sample, score and compare generative models "
+                "of images. `genlab COMMAND --help` shows each command with an example.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version",
                    version=f"genlab {__version__} (torch {torch.__version__})")
