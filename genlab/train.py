@@ -235,7 +235,10 @@ def evaluator_for(
     if source is None:
         return None
     try:
-        net = feature_net_for(str(source))
+        # Building the network initialises its layers from the global RNG before the shipped
+        # weights replace them: fork it, or asking for validation would change the training.
+        with torch.random.fork_rng(devices=[]):
+            net = feature_net_for(str(source))
     except RunError:  # no feature network for this data: nothing to validate with, silently
         return None
     if tuple(net.shape) != tuple(model.shape):
