@@ -159,6 +159,12 @@ def parse_interval(value: int | str) -> tuple[int | None, float | None]:
     return every_steps, every_seconds
 
 
+# FID validation: samples per validation, and the seed they are drawn with (the same noise each
+# time, so a change in the score is the model's, not the draw's).
+FID_SAMPLES = 1000
+FID_SEED = 12345
+
+
 @dataclass(frozen=True)
 class Evaluator:
     """A validation score ``fit`` tracks for early stopping and best weights (lower is better)."""
@@ -167,12 +173,77 @@ class Evaluator:
     score: Callable[..., float]  # (model, data, batch_size=..., limit=...) -> float
 
 
-def evaluator_for(model: GenerativeModel) -> Evaluator | None:
+class _FIDScore:
+    """FID of ``n`` samples against (the first ``limit`` images of) the validation data, on
+    genlab's feature network. The real side's statistics are computed at the first call and
+    kept (one evaluator per fit: once per fit); samples are drawn under a forked RNG with a
+    fixed seed, so validating never moves the training RNG stream and resume stays exact."""
+
+    def __init__(self, net: torch.nn.Module, n: int, seed: int = FID_SEED) -> None:
+        self.net, self.n, self.seed = net, n, seed
+        self._reference: tuple[tuple[int, int | None], Any] | None = None
+
+    def _real(self, model: GenerativeModel, data: Dataset, limit: int | None) -> Any:
+        from genlab.data import binarize
+        from genlab.metrics.samples import fid_reference
+
+        key = (id(data), limit)
+        if self._reference is None or self._reference[0] != key:
+            x = data.x[:limit] if limit is not None else data.x
+            if model.data_kind == "binary" and not bool(((x == 0) | (x == 1)).all()):
+                # Grey images ("dynamic" data) against binary samples: one fixed draw, like
+                # the training batches, so FID compares like with like.
+                x = binarize(x, "static", torch.Generator().manual_seed(self.seed))
+            real = Dataset(x, name=data.name, split=data.split)
+            # In memory only: per fit, and no validation split written to the user's cache.
+            self._reference = key, fid_reference(real, self.net, cache=False)
+        return self._reference[1]
+
+    def __call__(
+        self, model: GenerativeModel, data: Dataset, batch_size: int = 256,
+        limit: int | None = None,
+    ) -> float:  # fmt: skip
+        from genlab.metrics.samples import draw, fid_of
+
+        self.net.to(model.device if model.device.type != "mps" else "cpu")  # float64 stats
+        metric = self._real(model, data, limit)
+        was_training = model.training
+        model.eval()
+        try:
+            with fork_rng(model.device):
+                torch.manual_seed(self.seed)
+                images = draw(model, self.n, batch_size=max(batch_size, 500), progress=False)
+        finally:
+            model.train(was_training)
+        return fid_of(images, metric, self.net)
+
+
+def evaluator_for(
+    model: GenerativeModel, val_data: Dataset | None = None, *, fid_samples: int = FID_SAMPLES
+) -> Evaluator | None:
     """The validation a model's capabilities allow: held-out NLL for likelihood models (their
-    loss on the validation data), none for the others (yet)."""
+    loss on the validation data); for models that only sample, FID of ``fid_samples`` samples
+    when genlab has a feature network for ``val_data``'s source (``val_data.origin``); else
+    none (a hand-built dataset, or data without a shipped feature network)."""
     if model.has("log_prob"):
         return Evaluator("val_loss", validate)
-    return None
+    if not model.has("sample") or val_data is None or fid_samples <= 0:
+        return None
+    from genlab.metrics.features import feature_net_for
+
+    source = (getattr(val_data, "origin", None) or {}).get("source")
+    if source is None:
+        return None
+    try:
+        # Building the network initialises its layers from the global RNG before the shipped
+        # weights replace them: fork it, or asking for validation would change the training.
+        with torch.random.fork_rng(devices=[]):
+            net = feature_net_for(str(source))
+    except RunError:  # no feature network for this data: nothing to validate with, silently
+        return None
+    if tuple(net.shape) != tuple(model.shape):
+        return None
+    return Evaluator("val_fid", _FIDScore(net, fid_samples))
 
 
 def train_step(
@@ -263,6 +334,7 @@ def fit(
     val_data: Dataset | None = None,
     val_every: int = 500,
     val_limit: int | None = 2000,
+    fid_samples: int = FID_SAMPLES,
     patience: int | None = None,
     restore_best: bool = True,
     sample_every: int | None = None,
@@ -280,8 +352,10 @@ def fit(
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
     ``schedule`` is "constant" or "cosine" (decays to 0 over the step or time budget).
-    ``val_data`` is scored by :func:`evaluator_for` (held-out NLL for likelihood models) every
-    ``val_every`` steps; ``patience``: stop after that many validations without improvement.
+    ``val_data`` is scored by :func:`evaluator_for` every ``val_every`` steps: held-out NLL for
+    likelihood models ("val_loss"), FID of ``fid_samples`` samples for samplers whose data has
+    a feature network ("val_fid"); ``patience``: stop after that many validations without
+    improvement.
     ``restore_best``: with validation, end with (and save) the weights that validated best;
     ``trainer.pt`` still holds the last state, so ``resume`` continues from there.
     ``sample_every``: a grid of ``sample_n`` images (default: the model's ``sample_n_default``,
@@ -310,9 +384,9 @@ def fit(
     settings = {  # what config.json records as "fit", so the run can be resumed or redone
         "steps": steps, "time_budget": time_budget, "batch_size": batch_size, "lr": lr,
         "schedule": schedule, "clip": clip, "seed": seed, "val_every": val_every,
-        "val_limit": val_limit, "patience": patience, "restore_best": restore_best,
-        "sample_every": sample_every, "sample_n": sample_n, "ckpt_every": ckpt_every,
-        "log_every": log_every, "precision": precision,
+        "val_limit": val_limit, "fid_samples": fid_samples, "patience": patience,
+        "restore_best": restore_best, "sample_every": sample_every, "sample_n": sample_n,
+        "ckpt_every": ckpt_every, "log_every": log_every, "precision": precision,
     }  # fmt: skip
     grid_n = sample_n or getattr(model, "sample_n_default", 64)
     folder = Path(out) if out is not None else None
@@ -335,7 +409,9 @@ def fit(
     }
     # The learning rates fit was asked for; resume must not keep the checkpoint's.
     base_lrs = {p: [g["lr"] for g in o.param_groups] for p, o in optimizers.items()}
-    evaluator = evaluator_for(model) if val_data is not None else None
+    evaluator = (
+        evaluator_for(model, val_data, fid_samples=fid_samples) if val_data is not None else None
+    )
     history = History()
     run = None
     if folder is not None and rank == 0:
@@ -427,7 +503,8 @@ def fit(
                 # are the ones that did best on validation data (what early stopping is for).
                 model.load_state_dict(history.best_state)
                 if run is not None:
-                    run.save_weights(model, history, train_config)
+                    key = evaluator.key if evaluator is not None else "val_loss"
+                    run.save_weights(model, history, train_config, key)
             if run is not None and sample_every != 0 and stop.signum is None:
                 if restored or run.last_grid != history.step:
                     run.grid(model, history.step, grid_n, bar)
@@ -653,9 +730,14 @@ class _RunFolder:
         self._last_write = time.monotonic()
 
     def save_weights(
-        self, model: GenerativeModel, history: History, train_config: dict[str, Any]
+        self,
+        model: GenerativeModel,
+        history: History,
+        train_config: dict[str, Any],
+        key: str = "val_loss",
     ) -> None:
-        extra = {"train": train_config, "step": history.step, "best_val_loss": history.best_val}
+        # best_val_loss or best_val_fid: the key says what the number is.
+        extra = {"train": train_config, "step": history.step, f"best_{key}": history.best_val}
         model.save(self.folder, extra=extra)
 
     def close(self) -> None:

@@ -214,21 +214,37 @@ def _report_base(net: FeatureNetLike, n: int, real: Dataset) -> dict[str, Any]:
             "n_real": len(real)}
 
 
-def fid(images: Tensor, real: Dataset, feature_net: nn.Module, *, cache: bool = True,
-        batch_size: int = 500) -> SampleReport:
-    """Fréchet distance between Gaussians fitted to the features of ``images`` and of ``real``
-    (torchmetrics' ``FrechetInceptionDistance`` on genlab's feature network)."""
+def fid_reference(real: Dataset, feature_net: nn.Module, *, cache: bool = True,
+                  batch_size: int = 500) -> FrechetInceptionDistance:
+    """torchmetrics' FID holding the real side's statistics (from the cached features);
+    ``reset()`` keeps them, so one of these scores many sets of images (``fid_of``)."""
     ref = reference_features(real, feature_net, cache, batch_size).double()  # (N, dim)
-    metric = FrechetInceptionDistance(feature=torchmetrics_feature(feature_net))
+    metric = FrechetInceptionDistance(feature=torchmetrics_feature(feature_net),
+                                      reset_real_features=False)
     metric = metric.to(_device(feature_net))
     # The real side from the cached features: the same sums update() would accumulate.
     metric.real_features_sum = ref.sum(0).to(metric.real_features_sum)
     metric.real_features_cov_sum = (ref.T @ ref).to(metric.real_features_cov_sum)
     metric.real_features_num_samples = torch.tensor(len(ref), device=metric.device)
+    return metric
+
+
+def fid_of(images: Tensor, metric: FrechetInceptionDistance, feature_net: nn.Module,
+           batch_size: int = 500) -> float:
+    """The FID of ``images`` against the real statistics ``metric`` holds (``fid_reference``)."""
+    metric.reset()  # the fake side only
     with _eval_mode(feature_net):
         for b in _batches(images, batch_size):
             metric.update(b.to(metric.device), real=False)
-        value = float(metric.compute())
+        return float(metric.compute())
+
+
+def fid(images: Tensor, real: Dataset, feature_net: nn.Module, *, cache: bool = True,
+        batch_size: int = 500) -> SampleReport:
+    """Fréchet distance between Gaussians fitted to the features of ``images`` and of ``real``
+    (torchmetrics' ``FrechetInceptionDistance`` on genlab's feature network)."""
+    metric = fid_reference(real, feature_net, cache=cache, batch_size=batch_size)
+    value = fid_of(images, metric, feature_net, batch_size)
     return SampleReport("FID", value, **_report_base(feature_net, len(images), real))
 
 
