@@ -15,9 +15,10 @@ from genlab.metrics.report import DASH, parse_metrics
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
-    """A likelihood model and a GAN on synthetic bars (1x8x8), trained for a few steps."""
+    """A likelihood model, a GAN and a VAE on synthetic bars (1x8x8), a few steps each."""
     root = tmp_path_factory.mktemp("runs")
-    settings = {"independent": [], "gan": ["latent=2", "hidden=8,8"]}
+    settings = {"independent": [], "gan": ["latent=2", "hidden=8,8"],
+                "vae": ["hidden=8", "latent=2"]}
     for name, sets in settings.items():
         argv = ["train", name, "--data", "synthetic:bars", "--steps", "60", "--quiet",
                 "--out", str(root / name)]
@@ -36,7 +37,8 @@ def _cells(row: str) -> list[str]:
 
 def test_compare_writes_html_and_markdown(runs, tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["compare", *map(str, runs), "--out", str(out), "--metrics", "nll", "--device", "cpu"]
+    argv = ["compare", *map(str, runs[:2]), "--out", str(out), "--metrics", "nll",
+            "--device", "cpu"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "[1/2]" in err and "[2/2]" in err  # a progress line per run
@@ -45,7 +47,7 @@ def test_compare_writes_html_and_markdown(runs, tmp_path, capsys):
     rows = _rows(html)
     assert len(rows) == 2
     # The likelihood model has an exact NLL; the GAN has none (dispatch on has("log_prob")).
-    assert "nats (exact" in rows[0]
+    assert "nats<br><small>exact" in rows[0]
     gan_cells = _cells(rows[1])
     assert gan_cells[1] == "gan" and gan_cells[6] == DASH
     for src in re.findall(r'src="([^"]+)"', html):
@@ -56,6 +58,17 @@ def test_compare_writes_html_and_markdown(runs, tmp_path, capsys):
     md = (out / "report.md").read_text().splitlines()
     md_rows = [line for line in md if line.startswith("| ") and not line.startswith("| run ")]
     assert [r.split(" | ")[1] for r in md_rows] == ["independent", "gan"]
+
+
+def test_estimate_is_labelled_with_its_k(runs, tmp_path):
+    """An estimated likelihood names its method and small k; --limit scores N test images."""
+    out = tmp_path / "report"
+    assert main(["compare", str(runs[2]), "--out", str(out), "--metrics", "nll", "-k", "5",
+                 "--limit", "20", "--device", "cpu"]) == 0
+    (row,) = _rows((out / "index.html").read_text())
+    nll = _cells(row)[6]
+    assert "estimate, k=5, 20 images" in nll
+    assert "estimate, k=5, 20 images" in (out / "report.md").read_text()
 
 
 def test_no_feature_network_gives_dashes(runs, tmp_path):
@@ -81,7 +94,7 @@ def test_renders_in_chromium(runs, tmp_path):
         pytest.skip("chromium is not installed (make setup installs it where apt-get and root "
                     "exist)")
     out = tmp_path / "report"
-    assert main(["compare", *map(str, runs), "--out", str(out), "--metrics", "nll",
+    assert main(["compare", *map(str, runs[:2]), "--out", str(out), "--metrics", "nll",
                  "--device", "cpu"]) == 0
     shot = tmp_path / "shot.png"
     subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox",

@@ -71,6 +71,8 @@ def _read_log(run: Path) -> list[dict[str, Any]]:
 
 
 def _clock(seconds: float) -> str:
+    if seconds < 10:  # tiny runs: whole seconds would read "0 s"
+        return f"{seconds:.1f} s"
     s = round(seconds)
     if s < 60:
         return f"{s} s"
@@ -109,7 +111,7 @@ def loss_curve(log: list[dict[str, Any]], out: Path, title: str) -> bool:
                    isinstance(r[k], (int, float))})
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
+    fig, ax = plt.subplots(figsize=(3.6, 2.4), dpi=100)
     for k in keys:
         pts = [(r["step"], r[k]) for r in log if k in r and "step" in r
                and math.isfinite(r[k])]
@@ -166,7 +168,7 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
             # An estimate uses the small -k given (the model's default, e.g. 5000, is slow).
             kw = {} if model.exact or k is None else {"k": k}
             r = nll(model, test, batch_size=batch_size, **kw)
-            c["test NLL"] = f"{_fmt(r.nats)} nats ({r.method}, {r.n_images:,} images)"
+            c["test NLL"] = f"{_fmt(r.nats)} nats\n{r.method}, {r.n_images:,} images"
         if "quality" in metrics and model.has("sample"):
             try:
                 net = feature_net_for(source, device)
@@ -176,9 +178,9 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
                 torch.manual_seed(0)
                 q = sample_quality(model, test, net, n=n, metrics=("fid", "kid", "pr"),
                                    batch_size=batch_size, progress=False)
-                c["FID"] = f"{_fmt(q['fid'].value)} ({n:,} samples)"
+                c["FID"] = f"{_fmt(q['fid'].value)}\n{n:,} samples"
                 kid = q["kid"]
-                c["KID"] = _fmt(kid.value, 4) + (f" ± {_fmt(kid.std, 4)}" if kid.std else "")
+                c["KID"] = _fmt(kid.value, 4) + (f"\n± {_fmt(kid.std, 4)}" if kid.std else "")
                 c["precision"] = _fmt(q["pr"].value, 3)
                 c["recall"] = _fmt(q["pr"].details["recall"], 3)
     grid = _last_samples(run)
@@ -193,14 +195,17 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fff; }
-table { border-collapse: collapse; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 6px 8px; vertical-align: top; text-align: left; }
+table { border-collapse: collapse; font-size: 13px; }
+small { color: #666; }
+th, td { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; text-align: left; }
 th { background: #f0f0f0; }
 tr:nth-child(even) td { background: #fafafa; }
-td.num { text-align: right; white-space: nowrap; }
-img { image-rendering: pixelated; display: block; }
-img.samples { width: 160px; }
-img.curve { width: 260px; }
+td.num { text-align: right; }
+td.time { white-space: nowrap; }
+td.run { font-weight: 600; white-space: nowrap; }
+img { display: block; }
+img.samples { width: 140px; image-rendering: pixelated; }  /* crisp pixels */
+img.curve { width: 230px; }
 p.note { color: #555; font-size: 13px; max-width: 60em; }
 """
 
@@ -220,8 +225,12 @@ def write_html(rows: list[Row], path: Path, note: str) -> None:
                 cell = (f'<img class="curve" src="{r.curve_png}" alt="loss curve of '
                         f'{html.escape(r.cells["run"])}">' if r.curve_png else DASH)
             else:
-                cell = html.escape(r.cells[col])
-            cls = ' class="num"' if col in NUMERIC else ""
+                # A cell's first line is the number, the rest (how it was computed) small.
+                first, *rest = r.cells[col].split("\n")
+                cell = html.escape(first) + "".join(f"<br><small>{html.escape(t)}</small>"
+                                                    for t in rest)
+            names = (["num"] if col in NUMERIC else []) + ([col] if col in ("run", "time") else [])
+            cls = f' class="{" ".join(names)}"' if names else ""
             tds.append(f"<td{cls}>{cell}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     path.write_text(
@@ -246,7 +255,7 @@ def write_markdown(rows: list[Row], path: Path, note: str) -> None:
             elif col == "curve":
                 cells.append(f"![curve]({r.curve_png})" if r.curve_png else DASH)
             else:
-                cells.append(esc(r.cells[col]))
+                cells.append(esc(r.cells[col].replace("\n", ", ")))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", note, ""]
     path.write_text("\n".join(lines))
@@ -268,8 +277,9 @@ def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
         stream.write(f"[{i}/{len(runs)}] {run}\n")
         stream.flush()
         row = compare_run(Path(run), dest, i, metrics, n, limit, k, device)
-        stream.write(f"[{i}/{len(runs)}] {run}: NLL {row.cells['test NLL']}; "
-                     f"FID {row.cells['FID']}\n")
+        line = "; ".join(f"{col} {row.cells[col].replace(chr(10), ' (', 1)})"
+                         for col in ("test NLL", "FID") if row.cells[col] != DASH)
+        stream.write(f"[{i}/{len(runs)}] {run}: {line or 'no metrics'}\n")
         rows.append(row)
     note = ("test NLL on each run's own test split and binarization; FID, KID (± std over "
             "subsets), precision and recall (k=3) in the feature space of genlab's classifier "
