@@ -648,7 +648,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from genlab.metrics.report import compare, parse_metrics
 
     index = compare(args.runs, args.out, metrics=parse_metrics(args.metrics), n=args.n,
-                    limit=args.limit, k=args.k, device=args.device)
+                    limit=args.limit, k=args.k, device=args.device, progress=not args.quiet)
     print(f"wrote {index} and {index.with_name('report.md')}")
 
 
@@ -917,6 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive_int, help="score only N test images (default all)")
     s.add_argument("-k", type=_importance_samples, default=100,
                    help="samples for estimated likelihoods (default 100, labelled in the report)")
+    s.add_argument("--quiet", action="store_true",
+                   help="only a line per run, no progress of the metrics")
     _add_device(s)
     s.set_defaults(fn=cmd_compare)
     return p

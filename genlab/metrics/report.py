@@ -36,6 +36,7 @@ class Row:
     cells: dict[str, str] = field(default_factory=dict)  # column -> plain text
     sample_png: str | None = None  # relative to the report folder
     curve_png: str | None = None
+    skipped: list[str] = field(default_factory=list)  # why cells read "–", for the progress line
 
 
 def parse_metrics(text: str | None) -> list[str]:
@@ -140,7 +141,8 @@ def _run_data(config: dict[str, Any], split: str, limit: int | None) -> Any:
 
 
 def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
-                limit: int | None, k: int | None, device: str, batch_size: int = 500) -> Row:
+                limit: int | None, k: int | None, device: str, batch_size: int = 500,
+                progress: bool = False) -> Row:
     """One row of the report; writes the run's images into ``out``."""
     from genlab.metrics import nll, sample_quality
     from genlab.metrics.features import feature_net_for
@@ -167,22 +169,27 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
         if "nll" in metrics and model.has("log_prob"):
             # An estimate uses the small -k given (the model's default, e.g. 5000, is slow).
             kw = {} if model.exact or k is None else {"k": k}
-            r = nll(model, test, batch_size=batch_size, **kw)
+            r = nll(model, test, batch_size=batch_size, progress=progress, **kw)
             c["test NLL"] = f"{_fmt(r.nats)} nats\n{r.method}, {r.n_images:,} images"
         if "quality" in metrics and model.has("sample"):
             try:
                 net = feature_net_for(source, device)
             except RunError:
                 net = None  # no feature network for this data: the cells stay "–"
+                row.skipped.append(f"no feature network for {source}")
             if net is not None:
                 torch.manual_seed(0)
                 q = sample_quality(model, test, net, n=n, metrics=("fid", "kid", "pr"),
-                                   batch_size=batch_size, progress=False)
+                                   batch_size=batch_size, progress=progress)
                 c["FID"] = f"{_fmt(q['fid'].value)}\n{n:,} samples"
                 kid = q["kid"]
                 c["KID"] = _fmt(kid.value, 4) + (f"\n± {_fmt(kid.std, 4)}" if kid.std else "")
                 c["precision"] = _fmt(q["pr"].value, 3)
                 c["recall"] = _fmt(q["pr"].details["recall"], 3)
+    if "nll" in metrics and not model.has("log_prob"):
+        row.skipped.append("no log_prob")
+    if "quality" in metrics and not model.has("sample"):
+        row.skipped.append("no sample")
     grid = _last_samples(run)
     if grid is not None:
         row.sample_png = f"run{index}-samples.png"
@@ -263,8 +270,9 @@ def write_markdown(rows: list[Row], path: Path, note: str) -> None:
 
 def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
             n: int = 2000, limit: int | None = None, k: int | None = None,
-            device: str = "cpu", stream: TextIO | None = None) -> Path:
-    """Write ``out``/index.html and ``out``/report.md comparing ``runs``; returns index.html."""
+            device: str = "cpu", stream: TextIO | None = None, progress: bool = False) -> Path:
+    """Write ``out``/index.html and ``out``/report.md comparing ``runs``; returns index.html.
+    ``progress`` adds the metrics' own progress (a bar, or a line every 10 s in logs)."""
     stream = stream if stream is not None else sys.stderr
     metrics = metrics if metrics is not None else list(COMPARE_METRICS)
     for run in runs:  # every run is checked before the first slow metric
@@ -276,10 +284,12 @@ def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
     for i, run in enumerate(runs, 1):
         stream.write(f"[{i}/{len(runs)}] {run}\n")
         stream.flush()
-        row = compare_run(Path(run), dest, i, metrics, n, limit, k, device)
+        row = compare_run(Path(run), dest, i, metrics, n, limit, k, device, progress=progress)
         line = "; ".join(f"{col} {row.cells[col].replace(chr(10), ' (', 1)})"
                          for col in ("test NLL", "FID") if row.cells[col] != DASH)
-        stream.write(f"[{i}/{len(runs)}] {run}: {line or 'no metrics'}\n")
+        why = ", ".join(row.skipped)
+        line = "; ".join(t for t in (line, why and f"skipped: {why}") if t)
+        stream.write(f"[{i}/{len(runs)}] {run}: {line or 'no metrics asked for'}\n")
         rows.append(row)
     note = ("test NLL on each run's own test split and binarization; FID, KID (± std over "
             "subsets), precision and recall (k=3) in the feature space of genlab's classifier "
