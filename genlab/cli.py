@@ -644,6 +644,14 @@ def cmd_ood(args: argparse.Namespace) -> None:
     print(f"wrote {out / (stem + '.png')} and {stem}.json")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from genlab.metrics.report import compare, parse_metrics
+
+    index = compare(args.runs, args.out, metrics=parse_metrics(args.metrics), n=args.n,
+                    limit=args.limit, k=args.k, device=args.device, progress=not args.quiet)
+    print(f"wrote {index} and {index.with_name('report.md')}")
+
+
 def cmd_probe(args: argparse.Namespace) -> None:
     from genlab.metrics import probe
 
@@ -897,6 +905,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the report as JSON")
     _add_device(s)
     s.set_defaults(fn=cmd_probe)
+
+    s = add("compare", "a static HTML (and Markdown) report of several runs: data, size, "
+            "training, test NLL, FID/KID/precision/recall, sample grid, loss curve",
+            "genlab compare runs/nade runs/gan --out report/")
+    s.add_argument("runs", nargs="+", metavar="RUN")
+    s.add_argument("--out", required=True, help="folder for index.html, report.md and images")
+    s.add_argument("--metrics", help="comma-separated, from nll, fid (FID, KID and "
+                   "precision/recall from one draw of samples); default both")
+    s.add_argument("-n", type=_positive_int, default=2000,
+                   help="samples for the sample-quality metrics (default 2000)")
+    s.add_argument("--limit", type=_positive_int, help="score only N test images (default all)")
+    s.add_argument("-k", type=_importance_samples, default=100,
+                   help="samples for estimated likelihoods (default 100, labelled in the report)")
+    s.add_argument("--quiet", action="store_true",
+                   help="only a line per run, no progress of the metrics")
+    _add_device(s)
+    s.set_defaults(fn=cmd_compare)
     return p
 
 
