@@ -11,6 +11,7 @@
     genlab ood runs/nade --data mnist --ood fashion-mnist
     genlab probe runs/vae --data mnist
     genlab features train --data mnist --out runs/features-mnist
+    genlab compare runs/* --out report/
     (train, sample, eval, score, encode: --device auto|cpu|cuda|cuda:N|mps; train: --precision)
 
 Errors are one line a person can act on; ``--debug`` (before or after the subcommand) shows
