@@ -30,10 +30,9 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from genlab.models.base import (
     MAX_SUBPIXELS,
     RunError,
+    Trainable,
     atomic_write,
     read_config,
     read_safetensors_header,
@@ -111,7 +111,7 @@ class FeatureConfig:
 SETTINGS = {f.name for f in dataclasses.fields(FeatureConfig)} - {"shape", "classes", "name"}
 
 
-class FeatureNet(nn.Module):
+class FeatureNet(Trainable):
     """A small CNN classifier whose penultimate layer is a feature space for sample metrics.
 
     3x3 conv-BN-ReLU blocks: ``channels[0]`` wide, 2x2 max pooling, ``channels[1]`` wide, 2x2
@@ -125,8 +125,6 @@ class FeatureNet(nn.Module):
     it is not in ``genlab.MODELS``. ``forward`` gives the features, so the network can be handed
     to torchmetrics as ``feature=`` (``num_features`` tells it the width).
     """
-
-    players: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
@@ -177,10 +175,6 @@ class FeatureNet(nn.Module):
         layer'."""
         return f"{self.name}, {self.dim}-d penultimate layer"
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def _checked(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():  # uint8 in [0, 255], as torchmetrics' update passes it
             x = x.float() / 255
@@ -204,19 +198,7 @@ class FeatureNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 
-    # ---- the part of the training protocol fit uses ------------------------------------------
-    def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
-        return self.parameters()
-
-    def optimizer_settings(self, player: str) -> dict[str, Any]:
-        return {}
-
-    def players_at(self, step: int) -> tuple[str, ...]:
-        return self.players
-
-    def on_step(self, step: int) -> None:
-        pass
-
+    # ---- the training protocol: Trainable's one-player defaults, and a loss -------------------
     @classmethod
     def has(cls, capability: str) -> bool:
         """No generative capability (sample, log_prob, encode): fit validates nothing."""

@@ -60,7 +60,39 @@ def _grad_rule(method: Any) -> Any:
     return wrapper
 
 
-class GenerativeModel(nn.Module):
+class Trainable(nn.Module):
+    """What :func:`genlab.fit` needs of anything it trains, with the defaults of one player:
+    ``players`` (one optimizer each, stepped in order), ``parameters_for``,
+    ``optimizer_settings``, ``players_at``, ``on_step``; a subclass adds ``loss(batch, player)``.
+    Generative models build on it, and so do genlab's own feature networks."""
+
+    name: ClassVar[str] = ""
+    players: ClassVar[tuple[str, ...]] = ("model",)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
+        """Parameters owned by ``player``'s optimizer (single-player models: all of them)."""
+        if player != "model":
+            raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+        return self.parameters()
+
+    def optimizer_settings(self, player: str) -> dict[str, Any]:
+        """Adam settings for ``player`` that the model insists on (e.g. GANs' betas)."""
+        return {}
+
+    def players_at(self, step: int) -> tuple[str, ...]:
+        """Players stepped at ``step`` (e.g. a critic schedule); default all, in order."""
+        return self.players
+
+    def on_step(self, step: int) -> None:
+        """Hook run before each step (growth schedules, mask resampling...)."""
+
+
+class GenerativeModel(Trainable):
     """Base class: subclasses set ``name``, ``Config``, ``paper``, implement ``sample``.
 
     Gradients: ``log_prob`` and ``encode`` record an autograd graph only when the model is in
@@ -74,7 +106,6 @@ class GenerativeModel(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # "Authors Year, Title (arXiv:xxxx.xxxxx)"
     Config: ClassVar[type] = object  # a dataclass holding the paper's defaults
-    players: ClassVar[tuple[str, ...]] = ("model",)
     # Data the model consumes: "binary" ({0,1} pixels), "grey" (levels in [0,1]), "continuous".
     data_kind: ClassVar[str] = "binary"
     # True when log_prob is exact (autoregressive, baselines); False for estimates (VAE).
@@ -116,29 +147,7 @@ class GenerativeModel(nn.Module):
         c, h, w = self.shape
         return c * h * w
 
-    @property
-    def device(self) -> torch.device:
-        p = next(self.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-
-    # ---- the training protocol ------------------------------------------------------------
-    def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
-        """Parameters owned by ``player``'s optimizer (single-player models: all of them)."""
-        if player != "model":
-            raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
-        return self.parameters()
-
-    def optimizer_settings(self, player: str) -> dict[str, Any]:
-        """Adam settings for ``player`` that the model insists on (e.g. GANs' betas)."""
-        return {}
-
-    def players_at(self, step: int) -> tuple[str, ...]:
-        """Players stepped at ``step`` (e.g. a critic schedule); default all, in order."""
-        return self.players
-
-    def on_step(self, step: int) -> None:
-        """Hook run before each step (growth schedules, mask resampling...)."""
-
+    # ---- the training protocol (defaults in Trainable) ---------------------------------------
     def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss for ``player`` on ``batch`` and a dict of numbers to log.
 
