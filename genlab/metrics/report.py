@@ -276,8 +276,7 @@ def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
     stream = stream if stream is not None else sys.stderr
     metrics = metrics if metrics is not None else list(COMPARE_METRICS)
     for run in runs:  # every run is checked before the first slow metric
-        if not (Path(run) / "config.json").is_file():
-            raise ValueError(f"{run} is not a run folder (no config.json)")
+        read_config(run)  # the checks every command applies: present, a regular file, JSON
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
