@@ -332,7 +332,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
         for split in ("train", "val")
     )
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     precision = settings.get("precision", "fp32")
     print(f"training {model.name} ({n_params:,} parameters) on {train.describe()}, "
           f"on {device}" + (f" ({precision})" if precision != "fp32" else ""), flush=True)

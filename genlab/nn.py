@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -144,3 +145,54 @@ class MaskedConv2d(nn.Conv2d):
         # Padding r rows on both sides yields H + r rows; the first H are the causal outputs.
         out = F.conv2d(x, w, self.bias, padding=self.padding)
         return out[:, :, : x.shape[2]]
+
+
+# ---- adversarial training helpers ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Within the block, ``modules``' parameters take no gradients: one player's step builds a
+    graph through another player's network (G's loss through D) without touching its weights,
+    and without the work of computing gradients nothing will use."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
+    """``average`` <- decay * ``average`` + (1 - decay) * ``current``, parameter by parameter;
+    buffers (BatchNorm statistics) are copied, as they are already running averages."""
+    for a, c in zip(average.parameters(), current.parameters(), strict=True):
+        a.lerp_(c.detach(), 1.0 - decay)
+    for a, c in zip(average.buffers(), current.buffers(), strict=True):
+        a.copy_(c)
+
+
+def pad_to(x: Tensor, size: int, value: float) -> Tensor:
+    """(B, C, H, W) -> (B, C, size, size): ``x`` centred, the border filled with ``value``
+    (convolutional nets work on a power-of-two square; 28x28 MNIST becomes 32x32)."""
+    h, w = x.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(x, (left, size - w - left, top, size - h - top), value=value)
+
+
+def crop_to(x: Tensor, h: int, w: int) -> Tensor:
+    """The centred (h, w) window of (B, C, S, S) ``x``: the inverse of :func:`pad_to`."""
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+def working_size(h: int, w: int, smallest: int = 4) -> int:
+    """The power-of-two side (at least ``smallest``) a convolutional net pads (h, w) images to."""
+    side = smallest
+    while side < max(h, w):
+        side *= 2
+    return side

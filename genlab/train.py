@@ -2,16 +2,16 @@
 
 It knows nothing about models beyond the protocol in ``models/base.py``: ``train_step`` calls
 ``model.on_step(step)`` and, for each player in ``model.players_at(step)``, zeroes that player's
-optimizer, takes ``model.loss(batch, player)``, backpropagates, checks, clips and steps. Around
-that: step and time budgets, validation by the evaluator the model's capabilities select (early
-stopping, best weights), sample grids, ``metrics.jsonl`` and TensorBoard, a progress bar (plain
-log lines when not on a terminal), and a run folder that is locked while a run trains in it,
-checkpointed every N steps, every few minutes and on SIGINT/SIGTERM, and resumed exactly. A
-step whose loss, gradients or updated weights are not finite is never checkpointed. Launched
-under ``torchrun``, the same loop trains data-parallel (gradients averaged with ``all_reduce``,
-buffers such as BatchNorm statistics synchronised after each step). The model and every batch
-sit on the requested device (``genlab.devices``); ``precision="bf16"`` autocasts the training
-loss on CUDA.
+optimizer, takes ``model.loss(batch, player)``, backpropagates, checks, clips, steps and calls
+``model.after_step(step, player)``. Around that: step and time budgets, validation by the evaluator
+the model's capabilities select (early stopping, best weights), sample grids, ``metrics.jsonl`` and
+TensorBoard, a progress bar (plain log lines when not on a terminal), and a run folder that is
+locked while a run trains in it, checkpointed every N steps, every few minutes and on
+SIGINT/SIGTERM, and resumed exactly. A step whose loss, gradients or updated weights are not finite
+is never checkpointed. Launched under ``torchrun``, the same loop trains data-parallel (gradients
+averaged with ``all_reduce``, buffers such as BatchNorm statistics synchronised after each step).
+The model and every batch sit on the requested device (``genlab.devices``); ``precision="bf16"``
+autocasts the training loss on CUDA.
 """
 
 from __future__ import annotations
@@ -301,6 +301,7 @@ def train_step(
                 f"the update of player {player!r} at step {step} made the weight {bad} "
                 f"non-finite: {hint}"
             )
+        model.after_step(step, player)
         key = "loss" if player == "model" else f"loss_{player}"
         logs[key] = float(loss.detach())
         logs.update({(k if player == "model" else f"{player}/{k}"): v for k, v in extra.items()})

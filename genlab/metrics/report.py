@@ -156,7 +156,7 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
     c["run"] = run.name or str(run)
     c["model"] = str(config.get("model", DASH))
     c["data"] = _data_label(config)
-    c["parameters"] = f"{sum(p.numel() for p in model.parameters()):,}"
+    c["parameters"] = f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}"
     last = log[-1] if log else {}
     c["steps"] = f"{config.get('step', last.get('step', 0)):,}"
     c["time"] = _clock(last["time"]) if "time" in last else DASH

@@ -2,9 +2,10 @@
 
 A model is an ``nn.Module`` with a config dataclass, a registry name and one or more
 *players* (one optimizer each). The trainer only ever calls ``players_at``, ``on_step``,
-``parameters_for``, ``optimizer_settings`` and ``loss``; everything model-specific stays in the
-model's own file. Capabilities (``log_prob``, ``encode``) exist only where a subclass defines
-them; on the others the base methods raise :class:`Unsupported` naming the models that have it.
+``after_step``, ``parameters_for``, ``optimizer_settings`` and ``loss``; everything
+model-specific stays in the model's own file. Capabilities (``log_prob``, ``encode``) exist
+only where a subclass defines them; on the others the base methods raise :class:`Unsupported`
+naming the models that have it.
 
 Completion (``sample(n, cond={"x", "mask"})``) is shared: every subclass's own ``sample`` is its
 plain sampler (copying given pixels in as it reaches them) and is wrapped, when the class is
@@ -63,8 +64,9 @@ def _grad_rule(method: Any) -> Any:
 class Trainable(nn.Module):
     """What :func:`genlab.fit` needs of anything it trains, with the defaults of one player:
     ``players`` (one optimizer each, stepped in order), ``parameters_for``,
-    ``optimizer_settings``, ``players_at``, ``on_step``; a subclass adds ``loss(batch, player)``.
-    Generative models build on it, and so do genlab's own feature networks."""
+    ``optimizer_settings``, ``players_at``, ``on_step``, ``after_step``; a subclass adds
+    ``loss(batch, player)``. Generative models build on it, and so do genlab's own feature
+    networks."""
 
     name: ClassVar[str] = ""
     players: ClassVar[tuple[str, ...]] = ("model",)
@@ -90,6 +92,9 @@ class Trainable(nn.Module):
 
     def on_step(self, step: int) -> None:
         """Hook run before each step (growth schedules, mask resampling...)."""
+
+    def after_step(self, step: int, player: str) -> None:
+        """Hook run after ``player``'s update at ``step`` (moving averages, weight clipping)."""
 
 
 class GenerativeModel(Trainable):

@@ -10,15 +10,13 @@ representation (``encode``). There is no likelihood: ``log_prob`` is unsupported
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.models.base import GenerativeModel
-from genlab.nn import mlp
+from genlab.models.adversarial import Adversarial, check_objective, d_loss, g_loss
+from genlab.nn import frozen, mlp
 
 
 @dataclass
@@ -27,6 +25,8 @@ class GANConfig:
     hidden: tuple[int, ...] = (256, 512)  # generator layers; the discriminator mirrors them
     dropout: float = 0.0  # after each hidden layer of D (the paper used 0.5 with maxout units)
     slope: float = 0.2  # of D's LeakyReLU, which keeps gradients flowing to G for all inputs
+    objective: str = "ns"  # the losses (genlab.models.adversarial): ns, hinge, lsgan
+    ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
 
 
 class _Discriminator(nn.Module):
@@ -46,14 +46,13 @@ class _Discriminator(nn.Module):
         return self.head(self.features(x)).squeeze(-1)
 
 
-class GAN(GenerativeModel):
+class GAN(Adversarial):
     """MLP GAN on grey images in [0, 1] (rescaled to [-1, 1] inside, tanh output)."""
 
     name = "gan"
     paper = "Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661)"
     Config = GANConfig
     data_kind = "grey"
-    players = ("d", "g")
     presets = {
         # MNIST grey levels on one CPU core: digits appear after ~10k steps and are clearly
         # recognisable (with some speckle, as usual for MLP GANs) by 25k, about 4 minutes.
@@ -76,22 +75,15 @@ class GAN(GenerativeModel):
         hidden = tuple(int(h) for h in config.hidden)
         if config.latent < 1 or not hidden:
             raise ValueError("latent must be at least 1 and hidden must name at least one layer")
+        check_objective(config.objective)
+        if config.objective == "wgan":  # a critic without its gradient penalty: not this model
+            raise ValueError("objective wgan needs a gradient penalty: use progan or stargan")
         d = self.n_pixels
         self.generator = mlp([config.latent, *hidden, d], nn.ReLU, final=nn.Tanh())
         self.discriminator = _Discriminator(d, hidden[::-1], config.dropout, config.slope)
+        self.keep_average()
 
-    # ---- the training protocol ------------------------------------------------------------
-    def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
-        if player == "d":
-            return self.discriminator.parameters()
-        if player == "g":
-            return self.generator.parameters()
-        raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
-
-    def optimizer_settings(self, player: str) -> dict[str, tuple[float, float]]:
-        # beta1 = 0.5 (Radford et al.): a long momentum lags behind the moving opponent.
-        return {"betas": (0.5, 0.999)}
-
+    # ---- the training protocol (players "d" and "g", Adam beta1 0.5: Adversarial) ---------
     def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
         x = batch["x"]
         self.check_input(x)
@@ -102,23 +94,13 @@ class GAN(GenerativeModel):
                 fake = self.generator(z)  # (B, D)
             real_logit = self.discriminator(x.flatten(1) * 2 - 1)  # (B,)
             fake_logit = self.discriminator(fake)  # (B,)
-            # -log D(x) - log(1 - D(G(z))), with log sigmoid(t) = -softplus(-t).
-            loss = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
+            loss = d_loss(self.config.objective, real_logit, fake_logit)
             return loss, {"d_real": float(torch.sigmoid(real_logit).detach().mean()),
                           "d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
         if player == "g":
-            # Freeze D while building G's graph: its weights get no gradients at all, which
-            # saves the work and means nothing stale can reach D's optimizer.
-            params = list(self.discriminator.parameters())
-            flags = [p.requires_grad for p in params]
-            for p in params:
-                p.requires_grad_(False)
-            try:
+            with frozen(self.discriminator):  # G's step must not touch D's weights
                 fake_logit = self.discriminator(self.generator(z))  # (B,)
-            finally:
-                for p, flag in zip(params, flags, strict=True):
-                    p.requires_grad_(flag)
-            loss = F.softplus(-fake_logit).mean()  # non-saturating: -log D(G(z))
+            loss = g_loss(self.config.objective, fake_logit)  # ns: -log D(G(z))
             return loss, {"d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
 
@@ -126,7 +108,7 @@ class GAN(GenerativeModel):
     def sample(self, n: int, cond: dict[str, Tensor] | None = None) -> Tensor:
         """``n`` images (n, C, H, W) with grey levels in [0, 1]."""
         z = torch.randn(n, self.config.latent, device=self.device)  # (n, latent)
-        return ((self.generator(z) + 1) / 2).view(n, *self.shape)
+        return ((self.sampler(z) + 1) / 2).view(n, *self.shape)
 
     # ---- capabilities ---------------------------------------------------------------------
     @torch.no_grad()
