@@ -1,4 +1,4 @@
-"""The shared adversarial machinery: losses, penalties, schedules, freezing and the moving average."""
+"""The shared adversarial machinery: losses, penalties, schedules, freezing, moving averages."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_penalties_of_a_linear_critic_are_closed_form():
     real, fake = torch.randn(5, 1, 2, 3), torch.randn(5, 1, 2, 3)
     gp = gradient_penalty(critic, real, fake)
     assert float(gp.detach()) == pytest.approx(float((w.norm().detach() - 1) ** 2), rel=1e-5)
-    assert float(r1_penalty(critic, real).detach()) == pytest.approx(float(w.norm().detach() ** 2), rel=1e-5)
+    r1 = float(r1_penalty(critic, real).detach())
+    assert r1 == pytest.approx(float(w.norm().detach() ** 2), rel=1e-5)
     gp.backward()  # the penalty trains the critic: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|
     want = 2 * (w.norm() - 1) * w / w.norm()
     assert torch.allclose(w.grad, want.detach(), rtol=1e-4, atol=1e-6)
