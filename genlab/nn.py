@@ -196,3 +196,80 @@ def working_size(h: int, w: int, smallest: int = 4) -> int:
     while side < max(h, w):
         side *= 2
     return side
+
+
+# ---- DCGAN-style convolutional networks (Radford et al. 2015) -----------------------------------
+#
+# Strided (transposed) convolutions instead of pooling, batch norm except at G's output and D's
+# input, ReLU in G, LeakyReLU in D. Both work on the power-of-two square ``working_size`` of the
+# image: D pads its input there, G's output is cropped back (28x28 MNIST runs at 32x32).
+
+
+def _halvings(side: int, last: int) -> int:
+    """How many times ``side`` halves down to ``last`` (4), at least once."""
+    return max(1, (side // last).bit_length() - 1)
+
+
+class ConvGenerator(nn.Module):
+    """z (B, latent) -> (B, C, H, W) pre-activations (the caller applies tanh or a likelihood).
+
+    A 4x4 map of ``width * 2**(n-1)`` channels from a transposed convolution of z, then n
+    stride-2 transposed convolutions halving the channels and doubling the side up to the
+    working size; ``out_channels`` (default C) per pixel at the end."""
+
+    def __init__(self, latent: int, shape: tuple[int, int, int], width: int = 64,
+                 batchnorm: bool = True, out_channels: int | None = None) -> None:
+        super().__init__()
+        c, self.h, self.w = shape
+        side = working_size(self.h, self.w)
+        n = _halvings(side, 4) if side > 4 else 0
+        out = out_channels if out_channels is not None else c
+        start = 4 if n else side
+        chans = [width * 2 ** (n - 1 - i) for i in range(n)] + [out]  # at 4x4, 8x8, ...
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent, chans[0], start, 1, 0,
+                                                      bias=not (batchnorm and n))]
+        for i in range(n):
+            layers += [nn.BatchNorm2d(chans[i])] if batchnorm else []
+            layers += [nn.ReLU(),
+                       nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1,
+                                          bias=not batchnorm or i == n - 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        y = self.net(z[:, :, None, None])  # (B, out, S, S)
+        return crop_to(y, self.h, self.w)  # (B, out, H, W)
+
+
+class ConvDiscriminator(nn.Module):
+    """x (B, C, H, W) in [-1, 1] -> ``features`` (B, F) -> one logit (B,).
+
+    The image is padded to the working size with ``pad`` (-1: black), then stride-2
+    convolutions double the channels (``width`` first) down to 4x4 (at least one of them);
+    the logit is a convolution over the last map. ``features`` is that map flattened."""
+
+    def __init__(self, shape: tuple[int, int, int], width: int = 64, batchnorm: bool = True,
+                 slope: float = 0.2, pad: float = -1.0) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.side, self.pad = working_size(h, w), pad
+        n = _halvings(self.side, 4)
+        layers: list[nn.Module] = []
+        chans = [c] + [width * 2**i for i in range(n)]
+        for i in range(n):
+            layers.append(nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=not (batchnorm and i)))
+            if batchnorm and i:  # not on D's input layer
+                layers.append(nn.BatchNorm2d(chans[i + 1]))
+            layers.append(nn.LeakyReLU(slope))
+        self.body = nn.Sequential(*layers)
+        last = self.side >> n  # 4, or 2 on tiny images
+        self.out_dim = chans[-1] * last * last
+        self.head = nn.Conv2d(chans[-1], 1, last)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.body(pad_to(x, self.side, self.pad))  # (B, F_c, 4, 4)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.feature_map(x).flatten(1)  # (B, F)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.feature_map(x)).flatten()  # (B,)

@@ -509,6 +509,7 @@ def fit(
             if run is not None and sample_every != 0 and stop.signum is None:
                 if restored or run.last_grid != history.step:
                     run.grid(model, history.step, grid_n, bar)
+                run.pictures(model, val_data if val_data is not None else data)
             bar.close(history)
             if world > 1:
                 # Rank 0 writes files after the last step; ranks that exit or tear down the
@@ -682,6 +683,14 @@ class _RunFolder:
         save_grid(x, self.folder / "samples" / f"step-{step}.png")
         self.last_grid = step
         bar.note("", status=True)
+
+    def pictures(self, model: GenerativeModel, data: Dataset) -> None:
+        """The model's own figures of the finished run (``model.pictures``), beside its grids."""
+        with fork_rng(model.device):
+            torch.manual_seed(0)
+            model.eval()
+            model.pictures(self.folder, data)
+            model.train()
 
     def checkpoint_due(self, step: int) -> bool:
         by_steps = self.every_steps is not None and step % self.every_steps == 0

@@ -173,6 +173,13 @@ class GenerativeModel(Trainable):
         """
         raise NotImplementedError
 
+    def pictures(self, folder: Path, data: Any) -> list[Path]:
+        """Figures of a finished run that only this model can draw (a 2-D code scatter, a
+        latent traversal, one grid per resolution...), written into run ``folder``; ``data``
+        is the run's validation (else training) Dataset. ``fit`` calls it once at the end, in
+        eval mode, with the RNG seeded; returns the paths written. By default none."""
+        return []
+
     # ---- completion (see genlab.completion) -------------------------------------------------
     def completes_exactly(self, known: Tensor, cond: dict[str, Any]) -> Tensor:
         """(n,) bool: rows whose given sub-pixels ``known`` (n, D) this model's own ``sample``
