@@ -173,3 +173,20 @@ def test_the_average_is_saved_loaded_and_resumed_exactly(tmp_path):
     want = full.sample(6)
     torch.manual_seed(1)
     assert torch.equal(loaded.sample(6), want)
+
+
+def test_fit_asks_the_model_for_its_own_pictures_once_at_the_end(tmp_path):
+    model = ema_gan()
+    calls = []
+
+    def pictures(folder, data):
+        calls.append((folder, len(data), model.training))
+        (folder / "extra.png").write_bytes(b"")
+        return [folder / "extra.png"]
+
+    model.pictures = pictures
+    data = synthetic("bars", n=32, shape=(1, 4, 4), seed=1)
+    genlab.fit(model, data, steps=5, batch_size=8, out=tmp_path / "run", progress=False,
+               device="cpu", threads=1)
+    assert calls == [(tmp_path / "run", 32, False)]
+    assert (tmp_path / "run/extra.png").exists()
