@@ -96,7 +96,8 @@ def parse_attrs(text: str, n: int = 1) -> torch.Tensor:
 
 def describe_attrs(row: torch.Tensor) -> str:
     """One row of ``attrs`` as ``"colour=red,background=black,..."`` (what parse_attrs reads)."""
-    return ",".join(f"{k}={ATTRIBUTES[k][int(i)]}" for k, i in zip(ATTRIBUTE_NAMES, row))
+    pairs = zip(ATTRIBUTE_NAMES, row.tolist(), strict=True)
+    return ",".join(f"{k}={ATTRIBUTES[k][i]}" for k, i in pairs)
 
 
 def random_attrs(n: int, g: torch.Generator) -> torch.Tensor:

@@ -101,7 +101,7 @@ def _pick(options: list[str], g: torch.Generator) -> str:
 
 def caption(label: int, attrs: torch.Tensor, g: torch.Generator, classes: list[str]) -> str:
     """One sentence for class `label` with attribute row `attrs`, synonyms and order from `g`."""
-    value = {k: ATTRIBUTES[k][int(i)] for k, i in zip(ATTRIBUTE_NAMES, attrs)}
+    value = {k: ATTRIBUTES[k][int(i)] for k, i in zip(ATTRIBUTE_NAMES, attrs, strict=True)}
 
     def said(name: str) -> str:
         # Default values go unsaid half of the time; a non-default value is always said.

@@ -85,7 +85,8 @@ def typeset_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         draw = ImageDraw.Draw(img)
         text = str(int(label[i]))
         left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
-        at = (14 - (left + right) / 2 + int(shift[i, 0]), 14 - (top + bottom) / 2 + int(shift[i, 1]))
+        dx, dy = int(shift[i, 0]), int(shift[i, 1])
+        at = (14 - (left + right) / 2 + dx, 14 - (top + bottom) / 2 + dy)
         draw.text(at, text, fill=255, font=face)
         out[i] = np.asarray(img, dtype=np.float32) / 255
     return torch.from_numpy(out)[:, None], label
