@@ -484,10 +484,14 @@ def cmd_translate(args: argparse.Namespace) -> None:
     rows = [model.translate(x, cond).detach().float().cpu() for _, cond in conds]
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
     for r, y in enumerate(rows):
-        for i, image in enumerate(y):
+        for i, image in enumerate(y):  # (C, H, W): one PNG at the model's size, no border
             suffix = f"-{r}" if len(rows) > 1 else ""
-            save_grid(image[None], folder / f"{i:04d}{suffix}.png", nrow=1)
+            a = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(
+                folder / f"{i:04d}{suffix}.png")
     save_grid(torch.cat([x.cpu(), *rows]), folder / "grid.png", nrow=len(x))
     print(f"wrote {len(x)} translations ({'; '.join(t for t, _ in conds)}) to {folder}; "
           f"grid.png: inputs on top, one row per target")

@@ -71,7 +71,9 @@ def patched_source(base: Source, name: str, seed: int, limit: int | None) -> Sou
     """`base` rendered as ``mnist-attrs`` with its key patches and their ground truth."""
     src = attributed_source(base, name, seed, limit)
     d = src.data
-    ink = d.x.amax(1) - d.x.amin(1)  # (n, H, W): stroke vs background contrast per pixel
+    # (n, H, W): how far each pixel is from the background (the corner pixel, which no
+    # rotation or enlargement reaches), i.e. how much of the stroke it shows.
+    ink = (d.x - d.x[:, :, :1, :1]).abs().amax(1)
     boxes, counts = boxes_for(ink, generator(mix(TAG_PATCHES, seed)))
     patches, masks = crop(d.x, boxes, counts)
     valid = torch.arange(MAX_PATCHES)[None, :] < counts[:, None]
