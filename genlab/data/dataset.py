@@ -102,6 +102,9 @@ class Dataset:
     ``paths`` (image folders) names each row's file; ``origin`` is what :func:`~genlab.data.load`
     was asked for (``{"source", "split", "binarize", "seed", "limit"}``, JSON-able; passing it
     back as ``load(**origin)`` gives the same data), None for datasets built by hand.
+
+    ``unaligned`` names fields (e.g. ``("x_b", "y_b")``, a second image domain) whose rows
+    are not paired with those of ``x``: the loader draws them in an order of their own.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Dataset:
         *,
         fields: Mapping[str, Any] | None = None,
         origin: dict[str, Any] | None = None,
+        unaligned: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.split = split
@@ -135,6 +139,11 @@ class Dataset:
         if binarize is not None and binarize not in BINARIZE_MODES:
             raise DataError(bad_mode_message(binarize))
         self.paths = None if paths is None else self._checked_field("paths", paths)
+        missing = [k for k in unaligned if k not in self.fields or k in ("x", "y")]
+        if missing:
+            raise DataError(f"{name}: unaligned fields must be fields other than x and y, "
+                            f"got {missing}")
+        self.unaligned: tuple[str, ...] = tuple(unaligned)
 
     # ---- validation ---------------------------------------------------------------------------
     def _checked_x(self, x: object) -> torch.Tensor:
@@ -229,7 +238,7 @@ class Dataset:
         x, y = fields.pop("x"), fields.pop("y", None)
         paths = take(self.paths, rows) if self.paths is not None else None
         meta = (self.name, self.split, self.binarize, self.seed, self.classes)
-        return Dataset(x, y, *meta, paths, fields=fields)
+        return Dataset(x, y, *meta, paths, fields=fields, unaligned=self.unaligned)
 
     # ---- description --------------------------------------------------------------------------
     def __len__(self) -> int:

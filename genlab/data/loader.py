@@ -9,7 +9,7 @@ import torch
 
 from genlab.data.binarization import binarize
 from genlab.data.dataset import Batch, DataError, Dataset, take
-from genlab.data.seeds import TAG_DYNAMIC, TAG_EPOCH, TAG_EVAL, generator, mix
+from genlab.data.seeds import TAG_DYNAMIC, TAG_EPOCH, TAG_EVAL, TAG_UNALIGNED, generator, mix
 
 
 class Loader:
@@ -21,6 +21,10 @@ class Loader:
     Iterating serves evaluation: one pass, last partial batch kept.
     For ``"dynamic"`` data each batch is a fresh Bernoulli draw seeded from
     ``(seed, step, rank)``, so a resumed run sees identical binary images.
+    Fields the dataset lists in ``unaligned`` (a second domain: ``x_b``, ``y_b``) follow an
+    order of their own, drawn from ``(seed, epoch)`` on a separate stream (and, when
+    iterating, from the eval pass): the same step always pairs the same rows, but row i of
+    ``x`` never goes with row i of ``x_b`` by construction.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class Loader:
                 "or pass drop_last=False"
             )
         self._order_cache: tuple[int, torch.Tensor] | None = None
+        self._other_cache: tuple[int, torch.Tensor] | None = None
 
     def _order(self, epoch: int) -> torch.Tensor:
         """(N,) int64 visiting order of the data in `epoch`."""
@@ -70,6 +75,14 @@ class Loader:
             g = generator(mix(TAG_EPOCH, self.seed, epoch))
             self._order_cache = (epoch, torch.randperm(len(self.data), generator=g))
         return self._order_cache[1]
+
+    def _other_order(self, epoch: int) -> torch.Tensor:
+        """(N,) int64 visiting order of the unaligned fields in `epoch` (shuffled even when
+        ``shuffle`` is off: an unaligned domain is never paired by position)."""
+        if self._other_cache is None or self._other_cache[0] != epoch:
+            g = generator(mix(TAG_UNALIGNED, self.seed, epoch))
+            self._other_cache = (epoch, torch.randperm(len(self.data), generator=g))
+        return self._other_cache[1]
 
     def _share(self, chunk: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch of indices."""
@@ -84,9 +97,13 @@ class Loader:
         g = self.global_batch_size
         return self._share(self._order(epoch)[i * g : (i + 1) * g])
 
-    def _gather(self, idx: torch.Tensor, draw_seed: int) -> Batch:
+    def _gather(self, idx: torch.Tensor, draw_seed: int,
+                other: torch.Tensor | None = None) -> Batch:
         # Every field, whatever it is: a conditional model adds fields, not loader code.
-        batch = {k: take(v, idx) for k, v in self.data.fields.items()}  # x: (B, C, H, W)
+        # `other`: the rows of the unaligned fields (same length as idx).
+        unaligned = self.data.unaligned
+        batch = {k: take(v, other if k in unaligned and other is not None else idx)
+                 for k, v in self.data.fields.items()}  # x: (B, C, H, W)
         if self.data.binarize == "dynamic":
             batch["x"] = binarize(batch["x"], "dynamic", generator(draw_seed))
         return batch
@@ -99,10 +116,15 @@ class Loader:
         With drop_last=False the last step of an epoch may be smaller (even empty on some ranks).
         """
         idx = self.indices(step)
-        return self._gather(idx, mix(TAG_DYNAMIC, self.seed, step, self.rank))
+        other = None
+        if self.data.unaligned:
+            epoch, i = divmod(step, self.steps_per_epoch)
+            g = self.global_batch_size
+            other = self._share(self._other_order(epoch)[i * g : (i + 1) * g])
+        return self._gather(idx, mix(TAG_DYNAMIC, self.seed, step, self.rank), other)
 
-    def _eval_chunks(self) -> Iterator[torch.Tensor]:
-        order = self._order(0)
+    def _eval_chunks(self, order: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        order = self._order(0) if order is None else order
         g = self.global_batch_size
         for start in range(0, len(order), g):
             idx = self._share(order[start : start + g])
@@ -111,8 +133,10 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         """One pass over the data (in order, or epoch 0's order if shuffle), partial batch kept."""
+        others = self._eval_chunks(self._other_order(0)) if self.data.unaligned else None
         for k, idx in enumerate(self._eval_chunks()):
-            yield self._gather(idx, mix(TAG_EVAL, self.seed, k, self.rank))
+            other = next(others) if others is not None else None
+            yield self._gather(idx, mix(TAG_EVAL, self.seed, k, self.rank), other)
 
     def __len__(self) -> int:
         """Number of batches one iteration yields on this rank."""

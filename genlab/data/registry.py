@@ -90,6 +90,27 @@ def _synthetic_entry(name: str, about: str) -> SourceEntry:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _conditional(kind: str, base: str, seed: int, limit: int | None) -> Source:
+    """A rendered conditional source, kept for the next split (rendering takes seconds)."""
+    from genlab.data.attributes import attributed_source
+    from genlab.data.captions import captioned_source
+    from genlab.data.domains import domain_pair_source
+    from genlab.data.patches import patched_source
+
+    if kind == "domains":
+        return domain_pair_source(base, seed, limit)
+    build = {"attrs": attributed_source, "captions": captioned_source,
+             "patches": patched_source}[kind]
+    src = fashion_source() if base == "fashion-mnist" else mnist_source()
+    return build(src, f"{base}-{kind}", seed, limit)
+
+
+def _conditional_entry(kind: str, base: str, about: str, install: str) -> SourceEntry:
+    return SourceEntry(about=about, open=lambda r: _conditional(kind, base, r.seed, r.limit),
+                       install=install)
+
+
 def _open_idx(r: Request) -> Source:
     path = Path(r.target)
     return idx_source(path, f"idx:{path.resolve().name}")
@@ -113,6 +134,31 @@ SOURCES: dict[str, SourceEntry] = {
     ),
     "synthetic:bars": _synthetic_entry("bars", "horizontal or vertical bars, binary"),
     "synthetic:blobs": _synthetic_entry("blobs", "one grey Gaussian blob per image"),
+    # Conditional data (genlab.data.attributes, captions, patches, domains): 3x32x32,
+    # rendered from `seed`, 10k/1k/1k (limit renders fewer).
+    "mnist-attrs": _conditional_entry(
+        "attrs", "mnist", "MNIST drawn with attributes (colour, background, thickness, "
+        "rotation, scale, inversion): field attrs (N, 6); 3x32x32", MNIST_INSTALL),
+    "fashion-mnist-attrs": _conditional_entry(
+        "attrs", "fashion-mnist", "Fashion-MNIST drawn with attributes as mnist-attrs",
+        FASHION_INSTALL),
+    "mnist-captions": _conditional_entry(
+        "captions", "mnist", "mnist-attrs with a sentence per image: fields text (N, 16) "
+        "token ids, caption (strings), heldout (colour-digit pairs never in train)",
+        MNIST_INSTALL),
+    "mnist-patches": _conditional_entry(
+        "patches", "mnist", "mnist-attrs with 1-3 key patches per image: fields patches "
+        "(N, 3, 3, 12, 12), patch_count, patch_valid, boxes, masks (N, 3, 32, 32)",
+        MNIST_INSTALL),
+    "mnist:mnist-colour": _conditional_entry(
+        "domains", "mnist:mnist-colour", "two unpaired domains, x: MNIST, x_b: white digits "
+        "on colours (other images); y, y_b labels; 3x32x32", MNIST_INSTALL),
+    "mnist:typeset": _conditional_entry(
+        "domains", "mnist:typeset", "two unpaired domains, x: MNIST, x_b: digits typed in "
+        "installed fonts (`make fonts`); 3x32x32", MNIST_INSTALL),
+    "mnist:fashion-mnist": _conditional_entry(
+        "domains", "mnist:fashion-mnist", "two unpaired domains, x: MNIST, x_b: "
+        "Fashion-MNIST; 3x32x32", FASHION_INSTALL),
     # Kinds of paths, tried in this order; "npz:", "idx:", "folder:", "image:" force one.
     "npz": SourceEntry(
         about="a .npz file with x (or x_train/x_val/x_test) and optional y; 80/10/10",
@@ -340,4 +386,5 @@ def load(
         origin={
             "source": origin, "split": split, "binarize": binarize, "seed": seed, "limit": limit
         },
+        unaligned=src.data.unaligned,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 TAG_EPOCH, TAG_DYNAMIC, TAG_EVAL, TAG_SYNTH, TAG_IMAGE, TAG_PERTURB = 1, 2, 3, 4, 5, 6
+TAG_UNALIGNED = 10  # 7, 8, 9: attributes, captions, domains (their modules)
 _MASK64 = (1 << 64) - 1
 
 

@@ -43,12 +43,15 @@ class Unsupported(NotImplementedError):
 MAX_SUBPIXELS = 2**22
 
 # Capabilities that follow the gradient rule of GenerativeModel (see _grad_rule).
-_EVALUATORS = ("log_prob", "encode")
+_EVALUATORS = ("log_prob", "encode", "translate")
+# The optional capabilities, in the order `genlab list` shows them.
+CAPABILITIES = ("sample", "log_prob", "encode", "translate")
 
 
 def _grad_rule(method: Any) -> Any:
-    """Wrap ``log_prob``/``encode``: in eval mode they run under ``torch.no_grad()`` unless the
-    input itself requires grad; in training mode autograd records as usual."""
+    """Wrap ``log_prob``/``encode``/``translate``: in eval mode they run under
+    ``torch.no_grad()`` unless the input itself requires grad; in training mode autograd
+    records as usual."""
 
     @functools.wraps(method)
     def wrapper(self: GenerativeModel, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -117,8 +120,17 @@ class GenerativeModel(Trainable):
     exact: ClassVar[bool] = False
     # What log_prob computes when it is not exact, as reports name it.
     estimate: ClassVar[str] = "importance-weighted estimate"
-    # Presets: {"cpu": {"model": {...config overrides}, "train": {...fit kwargs}}, "paper": {...}}.
+    # Presets: {"cpu": {"model": {...config overrides}, "train": {...fit kwargs},
+    #                  "data": "source name" (optional: `genlab train`'s default --data)}, ...}.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"cpu": {}, "paper": {}}
+
+    # Batch fields the model's loss reads; `genlab train` refuses data lacking one in one
+    # line (e.g. ("x", "x_b") for a translation model on a one-domain source).
+    needs: ClassVar[tuple[str, ...]] = ("x",)
+    # Keys of `sample`'s cond beyond completion that the model understands: "y", "attrs",
+    # "text" (a list of raw strings; tokenize with genlab.data.captions.tokenize), "patches"
+    # (with "patch_valid"). `genlab sample --text/--patches` refuses models without them.
+    conditions: ClassVar[tuple[str, ...]] = ()
 
     # MCMC sweeps of a completion whose mask the model cannot complete exactly (``sample``'s
     # ``sweeps`` overrides it; see genlab.completion for what a sweep costs).
@@ -205,14 +217,20 @@ class GenerativeModel(Trainable):
         """Features (B, d) for representation learning."""
         raise Unsupported(_unsupported_message(self, "encode"))
 
+    def translate(self, x: Tensor, cond: dict[str, Any]) -> Tensor:
+        """Images ``x`` (B, C, H, W) turned into others of the same shape: to the other domain
+        (``cond={"to": "b"}`` or ``"a"``) or to attributes (``cond={"attrs": (B, k) int64}``,
+        see :func:`genlab.data.attributes.parse_attrs`). Gradients as ``encode``."""
+        raise Unsupported(_unsupported_message(self, "translate"))
+
     @classmethod
     def has(cls, capability: str) -> bool:
-        """True when the class really implements ``capability`` ("log_prob", "encode", "sample")."""
+        """True when the class really implements ``capability`` (one of CAPABILITIES)."""
         return getattr(cls, capability) is not getattr(GenerativeModel, capability)
 
     @classmethod
     def capabilities(cls) -> list[str]:
-        return [c for c in ("sample", "log_prob", "encode") if cls.has(c)]
+        return [c for c in CAPABILITIES if cls.has(c)]
 
     # ---- checks shared by all models ---------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
@@ -276,6 +294,33 @@ def _unsupported_message(model: GenerativeModel | type[GenerativeModel], capabil
 
     have = sorted(name for name, cls in MODELS.items() if cls.has(capability))
     return f"{model.name} has no {capability}(); models that do: {', '.join(have)}"
+
+
+def _condition_message(model: GenerativeModel | type[GenerativeModel], key: str) -> str:
+    from genlab.models import MODELS
+
+    have = sorted(name for name, cls in MODELS.items() if key in cls.conditions)
+    return (f"{model.name} does not sample conditioned on {key!r}; models that do: "
+            f"{', '.join(have) or 'none yet'}")
+
+
+def require_condition(model: GenerativeModel | type[GenerativeModel], key: str) -> None:
+    """Raise :class:`Unsupported` unless ``model.sample`` understands ``cond[key]``."""
+    if key not in model.conditions:
+        raise Unsupported(_condition_message(model, key))
+
+
+def check_fields(model: GenerativeModel | type[GenerativeModel], fields: Any,
+                 source: str) -> None:
+    """ValueError in one line unless the data's ``fields`` hold every field the model needs."""
+    missing = [k for k in model.needs if k not in fields]
+    if missing:
+        preset = model.presets.get("cpu", {}).get("data")
+        hint = f" (e.g. --data {preset})" if preset else ""
+        raise ValueError(
+            f"{model.name} needs batch fields {', '.join(model.needs)} but {source} has "
+            f"{', '.join(fields)}: choose a source that holds {', '.join(missing)}{hint}"
+        )
 
 
 def require(model: GenerativeModel | type[GenerativeModel], capability: str) -> None:
