@@ -21,6 +21,7 @@ TINY: dict[str, dict] = {
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "text2image": {"latent": 4, "width": 4, "words": 4, "text": 6, "proj": 3},
 }
 
 
@@ -50,7 +51,12 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
         x = torch.bernoulli(x, generator=g)
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
-    return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    batch = {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    if "text" in model.needs:  # caption token ids, padded with 0 after 3..6 words
+        ids = torch.randint(2, 40, (n, 8), generator=g)
+        words = torch.randint(3, 7, (n, 1), generator=g)
+        batch["text"] = torch.where(torch.arange(8) < words, ids, 0)
+    return batch
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ from conftest import TINY, tiny
 from torch import nn
 
 import genlab
-from genlab.data import synthetic
+from genlab.data import Dataset, synthetic
+from genlab.data.captions import tokenize
 from genlab.models.base import GenerativeModel
 from genlab.train import TrainingError, fit, parse_duration
 
@@ -124,9 +125,12 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["nade", "vae", "gan"])
+@pytest.mark.parametrize("name", ["nade", "vae", "gan", "text2image"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     data = synthetic("bars", n=64, shape=(1, 4, 4), seed=1)
+    if "text" in genlab.MODELS[name].needs:  # a caption per image, by its label
+        texts = [["a red one", "a thin blue two"][int(y)] for y in data.y]
+        data = Dataset(data.x, data.y, data.name, fields={"text": tokenize(texts)})
     kw = dict(steps=30, batch_size=8, ckpt_every=10, log_every=1, progress=False, seed=5, lr=1e-2)
 
     full = tiny(name)
