@@ -33,9 +33,10 @@ width-3 window already tells "red ... on white" (background) from "white" (strok
 and convolutions are cheaper on a CPU.
 
 Sampling: ``sample(n, cond={"text": [n strings]})`` tokenizes with
-:func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a fixed pool
-of 1024 random training-like captions (:func:`random_captions`: digit and attributes drawn
-uniformly, phrased by :func:`genlab.data.captions.caption`), so it may be a held-out pair. Images are RGB in [0, 1] (tanh outputs rescaled).
+:func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a
+fixed pool of 1024 random training-like captions (:func:`random_captions`: digit and
+attributes drawn uniformly, phrased by :func:`genlab.data.captions.caption`), so it may be a
+held-out pair. Images are RGB in [0, 1] (tanh outputs rescaled).
 """
 
 from __future__ import annotations
