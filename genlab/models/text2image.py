@@ -142,7 +142,8 @@ POOL = 1024  # random captions sample(n) draws from without a text
 
 @functools.cache
 def _pool() -> Tensor:
-    return captions.tokenize(random_captions(POOL))  # (POOL, MAX_WORDS)
+    with torch.device("cpu"):  # also when a model is built on the meta device (genlab.load)
+        return captions.tokenize(random_captions(POOL))  # (POOL, MAX_WORDS)
 
 
 # ---- the two networks ---------------------------------------------------------------------------
@@ -344,3 +345,38 @@ def _tag(text: str) -> str:
     digit = next(d for d, w in enumerate(captions.DIGIT_WORDS) if w in words)
     colour = next(i for i, c in enumerate(ATTRIBUTES["colour"]) if c in words)
     return "held out" if (digit, colour) in captions.HELDOUT else "seen"
+
+
+# ---- measures: does a sample show what its caption says? ----------------------------------------
+
+
+def caption_accuracy(predicted: dict[str, Tensor], wanted: dict[str, Tensor],
+                     heldout: Tensor) -> dict[str, float]:
+    """Accuracies of a classifier's ``predicted`` heads (each (N,) int64: "digit", "colour",
+    "thickness", ...) against the ``wanted`` values of the captions the N samples were drawn
+    for (same keys; -1 where the caption does not say), split by ``heldout`` (N,) bool:
+    ``{"heldout_digit": ..., "seen_digit": ..., "heldout_colour": ...}`` over the rows whose
+    caption names that attribute (NaN where no row does)."""
+    out = {}
+    for key, want in wanted.items():
+        hit = (predicted[key] == want).float()
+        said = want >= 0
+        for split, rows in (("heldout", heldout), ("seen", ~heldout)):
+            rows = rows & said
+            out[f"{split}_{key}"] = float(hit[rows].mean()) if bool(rows.any()) else float("nan")
+    return out
+
+
+def caption_targets(data: Any) -> dict[str, Tensor]:
+    """What each caption of a mnist-captions Dataset says: digit, colour, and thickness (-1
+    where the caption leaves the thickness unsaid, i.e. normal and not mentioned)."""
+    thickness = data.attrs[:, ATTRIBUTE_NAMES.index("thickness")].clone()
+    named = torch.tensor([any(w in captions.words(c) for w in _THICKNESS_WORDS)
+                          for c in data.caption])
+    thickness[~named] = -1
+    return {"digit": data.y.clone(), "colour": data.attrs[:, ATTRIBUTE_NAMES.index("colour")],
+            "thickness": thickness}
+
+
+_THICKNESS_WORDS = {w for ps in captions.PHRASES["thickness"].values() for p in ps
+                    for w in p.split()}
