@@ -132,3 +132,17 @@ def test_cli_sample_with_text_on_a_tiny_trained_run(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert out.exists()
+
+
+def test_frechet_distance_against_closed_forms():
+    from genlab.models.text2image import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-6)  # 3 dims * 2^2
+    # One dimension: (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2.
+    x = torch.randn(4000, 1, generator=g)
+    b = 3 * x + 1
+    want = (float(x.mean()) - float(b.mean())) ** 2 + (float(x.std()) - float(b.std())) ** 2
+    assert frechet_distance(x, b) == pytest.approx(want, rel=1e-6)
