@@ -241,14 +241,15 @@ class ConvGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """x (B, C, H, W) in [-1, 1] -> ``features`` (B, F) -> one logit (B,).
+    """x (B, C, H, W) in [-1, 1] -> ``features`` (B, F) -> one logit (B,), or (B, outputs).
 
     The image is padded to the working size with ``pad`` (-1: black), then stride-2
     convolutions double the channels (``width`` first) down to 4x4 (at least one of them);
-    the logit is a convolution over the last map. ``features`` is that map flattened."""
+    the logit is a convolution over the last map. ``features`` is that map flattened.
+    ``outputs`` > 1 makes the head a linear map to that many numbers (an encoder's)."""
 
     def __init__(self, shape: tuple[int, int, int], width: int = 64, batchnorm: bool = True,
-                 slope: float = 0.2, pad: float = -1.0) -> None:
+                 slope: float = 0.2, pad: float = -1.0, outputs: int = 1) -> None:
         super().__init__()
         c, h, w = shape
         self.side, self.pad = working_size(h, w), pad
@@ -263,7 +264,7 @@ class ConvDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers)
         last = self.side >> n  # 4, or 2 on tiny images
         self.out_dim = chans[-1] * last * last
-        self.head = nn.Conv2d(chans[-1], 1, last)
+        self.head = nn.Conv2d(chans[-1], outputs, last)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self.body(pad_to(x, self.side, self.pad))  # (B, F_c, 4, 4)
@@ -272,4 +273,5 @@ class ConvDiscriminator(nn.Module):
         return self.feature_map(x).flatten(1)  # (B, F)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.feature_map(x)).flatten()  # (B,)
+        y = self.head(self.feature_map(x)).flatten(1)  # (B, outputs)
+        return y.squeeze(1) if y.shape[1] == 1 else y

@@ -16,6 +16,7 @@ TINY: dict[str, dict] = {
     "made": {"hidden": [8, 6], "masks": 2, "order_agnostic": False},
     "rnade": {"hidden": 8, "components": 3},
     "vae": {"hidden": [16], "latent": 3},
+    "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
