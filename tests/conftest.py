@@ -21,6 +21,7 @@ TINY: dict[str, dict] = {
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "dcgan": {"latent": 4, "width": 4},
 }
 
 
