@@ -157,8 +157,9 @@ class DCGAN(Adversarial):
         which batch-norm statistics G uses (``sample_stats``)."""
         z = self.noise(n, self.device)  # (n, latent)
         net = self.sampler
-        with batch_statistics(net) if self.config.sample_stats == "batch" else contextlib.nullcontext():
-            return (self.generate(z, net) + 1) / 2
+        batch = self.config.sample_stats == "batch"
+        with batch_statistics(net) if batch else contextlib.nullcontext():
+            return (self.generate(z, net) + 1) / 2  # (n, C, H, W)
 
     # ---- capabilities ---------------------------------------------------------------------
     @torch.no_grad()
