@@ -9,12 +9,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_batch
 from torch import nn
 
 import genlab
 from genlab.data import synthetic
 from genlab.train import fit
-from conftest import tiny_batch
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.Upsample)
 
