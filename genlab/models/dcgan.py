@@ -85,10 +85,10 @@ class DCGAN(Adversarial):
     data_kind = "grey"
     presets = {
         # MNIST (or --data fashion-mnist) on one CPU core: width 32 (G: 128 -> 64 -> 32 channels
-        # at 4, 8, 16 pixels; D mirrors it), batch 64, 6000 steps (6.4 epochs).
+        # at 4, 8, 16 pixels; D mirrors it), batch 64, 8000 steps (10 epochs).
         "cpu": {
             "model": {"width": 32},
-            "train": {"batch_size": 64, "lr": 2e-4, "steps": 6000, "binarize": None},
+            "train": {"batch_size": 64, "lr": 2e-4, "steps": 8000, "binarize": None},
         },
         # The paper (LSUN, faces, ImageNet-1k at 64x64): G from z (100, uniform) to 4x4x1024,
         # then 512, 256, 128 channels and the image (width 128); D mirrors it with LeakyReLU
