@@ -89,7 +89,7 @@ class DCGAN(Adversarial):
     presets = {
         # MNIST on one CPU core: width 32 (G: 128 -> 64 -> 32 channels at 4, 8, 16 pixels; D
         # mirrors it), batch 64, 8000 steps (10 epochs): about 650 training images/s on an
-        # idle core, 13 minutes with the validation FIDs. Digits are readable from about 2000
+        # idle core, 13 minutes with the validation FIDs. Most digits are readable by 3000
         # steps. Fashion-MNIST trains with the same preset (--data fashion-mnist).
         "cpu": {
             "model": {"width": 32},
