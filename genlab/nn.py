@@ -269,9 +269,32 @@ class ConvDiscriminator(nn.Module):
     def feature_map(self, x: Tensor) -> Tensor:
         return self.body(pad_to(x, self.side, self.pad))  # (B, F_c, 4, 4)
 
+    def layer_maps(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activated map, input side first: (B, width, S/2, S/2), ... (B, F_c,
+        4, 4); the last is ``feature_map(x)``."""
+        maps, y = [], pad_to(x, self.side, self.pad)
+        for layer in self.body:
+            y = layer(y)
+            if isinstance(layer, nn.LeakyReLU):
+                maps.append(y)
+        return maps
+
     def features(self, x: Tensor) -> Tensor:
         return self.feature_map(x).flatten(1)  # (B, F)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.head(self.feature_map(x)).flatten(1)  # (B, outputs)
         return y.squeeze(1) if y.shape[1] == 1 else y
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.'s initialisation: every (transposed) convolution's and linear layer's
+    weights from N(0, 0.02); batch norm scales from N(1, 0.02), shifts 0; biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -22,6 +22,7 @@ TINY: dict[str, dict] = {
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "dcgan": {"latent": 4, "width": 4},
 }
 
 
@@ -52,6 +53,30 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
     return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+
+
+def one_step_per_player(model: genlab.models.GenerativeModel, batch: dict) -> None:
+    """One Adam step per player changes some of that player's parameters and no others."""
+    name = model.name
+    for player in model.players:
+        owned = {id(p) for p in model.parameters_for(player)}
+        assert owned, f"{name}: player {player} owns no parameters"
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.Adam(model.parameters_for(player), lr=1e-2)
+        opt.zero_grad()
+        loss, logs = model.loss(batch, player)
+        assert loss.dim() == 0 and torch.isfinite(loss), f"{name}/{player}: loss {loss}"
+        assert all(isinstance(v, float) for v in logs.values())
+        loss.backward()
+        opt.step()
+        changed_own = False
+        for n, p in model.named_parameters():
+            moved = not torch.equal(before[n], p.detach())
+            if id(p) in owned:
+                changed_own |= moved
+            else:
+                assert not moved, f"{name}: player {player} changed {n}, which it does not own"
+        assert changed_own, f"{name}: player {player}'s step changed none of its parameters"
 
 
 @pytest.fixture(autouse=True)

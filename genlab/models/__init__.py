@@ -11,6 +11,7 @@ from typing import Any
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.conv_vae import ConvVAE
+from genlab.models.dcgan import DCGAN
 from genlab.models.gan import GAN
 from genlab.models.made import MADE
 from genlab.models.nade import NADE
@@ -21,8 +22,8 @@ from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
-    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, GAN, RowLSTM,
-                DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, GAN, DCGAN,
+                RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
 }
 
 
