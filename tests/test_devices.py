@@ -34,6 +34,7 @@ VARIANTS: list[tuple[str, tuple[int, int, int], dict]] = [
     ("gated_pixelcnn", (1, 4, 4), {"classes": 3}),
     ("nade", (1, 4, 4), {"ordering": "random"}),
     ("made", (1, 4, 4), {"order_agnostic": True}),
+    ("aae", (1, 4, 4), {"prior": "labelled_mog", "components": 3}),
 ]
 
 

@@ -8,6 +8,7 @@ import types
 import typing
 from typing import Any
 
+from genlab.models.aae import AAE
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.gan import GAN
@@ -21,7 +22,7 @@ from genlab.models.vae import VAE
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, GAN, RowLSTM,
-                DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+                DiagonalBiLSTM, PixelCNN, GatedPixelCNN, AAE)
 }
 
 
