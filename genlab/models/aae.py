@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from genlab.models.adversarial import Adversarial, check_objective, d_loss, g_loss
 from genlab.nn import frozen, mlp
 
-# ---- priors: pure functions (n or labels, dim, settings) -> codes (n, dim) ------------------------
+# ---- priors: pure functions (n or labels, dim, settings) -> codes (n, dim) -------------------
 #
 # Each draws from ``generator`` when given (else the global RNG) on ``device``. The shaped priors
 # (mixture, swiss roll) live in the first two code dimensions; further dimensions, if any, are
