@@ -222,7 +222,7 @@ def test_pictures_writes_the_code_scatter_for_a_2d_code(tmp_path):
     from PIL import Image
 
     with Image.open(paths[0]) as im:
-        assert im.size == (1200, 600)
+        assert im.size[0] > 1.5 * im.size[1] > 500  # two square panels side by side
 
 
 def test_pictures_writes_nothing_for_other_codes(tmp_path):

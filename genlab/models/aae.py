@@ -321,5 +321,5 @@ def scatter_codes(prior: Tensor, codes: Tensor, y: Tensor | None, classes: list[
     axes[0].set_ylabel("z2")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # titles and labels inside the file
     plt.close(fig)
