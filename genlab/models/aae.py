@@ -150,7 +150,8 @@ class AAE(Adversarial):
         },
         # The paper's MNIST likelihood model: 1000-1000 ReLU encoder and decoder, a 1000-1000
         # discriminator, an 8-D Gaussian prior, batch 100. It trained with SGD + momentum; the
-        # protocol's optimizer is Adam.
+        # protocol's optimizer is Adam. The paper states no step count: 300k steps are 600
+        # epochs of the 50k training images.
         "paper": {
             "model": {"latent": 8, "hidden": (1000, 1000), "d_hidden": (1000, 1000)},
             "train": {"batch_size": 100, "lr": 2e-4, "steps": 300000, "binarize": None},
