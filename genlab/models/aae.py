@@ -294,9 +294,8 @@ class AAE(Adversarial):
 
 def scatter_codes(prior: Tensor, codes: Tensor, y: Tensor | None, classes: list[str] | None,
                   path: Path, title: str) -> None:
-    """Two panels on shared axes: the prior's draws (grey; coloured by component when labelled
-    draws are given with ``y``) and the codes (N, 2) coloured by class ``y`` (N,), with a
-    legend."""
+    """Two panels on shared axes: the prior's draws (N, 2) in grey and the codes (N, 2)
+    coloured by class ``y`` (N,), with a legend (one colour when there are no labels)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
