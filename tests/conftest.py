@@ -18,6 +18,7 @@ TINY: dict[str, dict] = {
     "vae": {"hidden": [16], "latent": 3},
     "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
+    "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},

@@ -8,6 +8,7 @@ import types
 import typing
 from typing import Any
 
+from genlab.models.aae import AAE
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.conv_vae import ConvVAE
@@ -22,8 +23,8 @@ from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
-    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, GAN, DCGAN,
-                RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
+                DCGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
 }
 
 
