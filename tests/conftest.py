@@ -21,6 +21,7 @@ TINY: dict[str, dict] = {
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
 }
 
 
