@@ -59,3 +59,7 @@ def test_icons_load_as_3x32x32_with_a_fixed_split() -> None:
     got = (parts["val"].x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert opaque.any() and (got[opaque] == rgba[..., :3][opaque]).all()
     assert load("icons", "train", shape=(3, 64, 64)).x.shape[1:] == (3, 64, 64)
+    # Labels: the icon's kind, its top folder.
+    data = parts["train"]
+    assert "apps" in data.classes and data.classes == sorted(data.classes)
+    assert all(p.split("/")[0] == data.classes[int(k)] for p, k in zip(data.paths, data.y, strict=True))

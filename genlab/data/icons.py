@@ -1,11 +1,11 @@
 """Colour icons: the Oxygen icon theme from Debian's ``oxygen-icon-theme`` package.
 
 The theme ships 1,528 PNG icons at 32x32 and 823 at 64x64, RGBA, in folders by kind (actions,
-apps, devices, mimetypes, places...). Many are symbolic links to another icon of the same size
-under a second name; each drawing is kept once (the file the links point to), so no icon is
-both a training and a test image. Icons are drawn to be seen on a light desktop: their
-transparent parts are composited onto white, which gives an RGB image (or grey, for one
-channel). Values are the 8-bit values / 255. The split is the same fixed shuffle of the sorted
+apps, devices, mimetypes, places...), which are the labels (``Dataset.classes``). Many are
+symbolic links to another icon of the same size under a second name; each drawing is kept once
+(the file the links point to), so no icon is both a training and a test image. Icons are drawn
+to be seen on a light desktop: their transparent parts are composited onto white, which gives
+an RGB image (or grey, for one channel). Values are the 8-bit values / 255. The split is the same fixed shuffle of the sorted
 files, cut 80 / 10 / 10, as a folder of images (``genlab.data.folder``).
 """
 
@@ -60,5 +60,8 @@ def _icons_source(folder: str, size: int, channels: int) -> Source:
             raise SourceMissing(f"icons: cannot read {path.relative_to(root)} ({e})") from None
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)  # (N, C, S, S)
     paths = [p.relative_to(root).as_posix() for p in files]
-    data = Dataset(x.contiguous(), None, "icons", paths=paths)
+    kinds = [p.split("/")[0] for p in paths]  # the folder: actions, apps, devices...
+    classes = sorted(set(kinds))
+    y = torch.tensor([classes.index(k) for k in kinds])  # (N,)
+    data = Dataset(x.contiguous(), y, "icons", classes=classes, paths=paths)
     return Source(data=data, splits=_fixed_splits(len(files)), cached=True)
