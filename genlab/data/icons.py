@@ -5,8 +5,9 @@ apps, devices, mimetypes, places...), which are the labels (``Dataset.classes``)
 symbolic links to another icon of the same size under a second name; each drawing is kept once
 (the file the links point to), so no icon is both a training and a test image. Icons are drawn
 to be seen on a light desktop: their transparent parts are composited onto white, which gives
-an RGB image (or grey, for one channel). Values are the 8-bit values / 255. The split is the same fixed shuffle of the sorted
-files, cut 80 / 10 / 10, as a folder of images (``genlab.data.folder``).
+an RGB image (or grey, for one channel). Values are the 8-bit values / 255. The split is the
+fixed shuffle of the sorted files, cut 80 / 10 / 10, of a folder of images
+(``genlab.data.folder``).
 """
 
 from __future__ import annotations
