@@ -298,3 +298,39 @@ def dcgan_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+        return self.head(self.feature_map(x)).flatten()  # (B,)
+# ---- equalised learning rate, pixel norm, minibatch deviation (Karras et al. 2018) -------------
+#
+# Weights are drawn from N(0, 1) and multiplied at run time by He's constant gain / sqrt(fan_in):
+# Adam's update is invariant to a weight's scale, so every layer then learns at the same speed
+# whatever its fan-in (the "equalised learning rate"). Biases start at zero, unscaled.
+class EqualizedLinear(nn.Module):
+    """A linear layer whose effective weight is ``weight * gain / sqrt(in_features)``."""
+    def __init__(self, in_features: int, out_features: int, gain: float = 2**0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / in_features**0.5
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+class EqualizedConv2d(nn.Module):
+    """A stride-1 'same' convolution whose effective weight is ``weight * gain / sqrt(fan_in)``,
+    fan_in = in_channels * kernel * kernel."""
+    def __init__(self, in_channels: int, out_channels: int, kernel: int,
+                 gain: float = 2**0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / (in_channels * kernel * kernel) ** 0.5
+        self.padding = kernel // 2
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """(B, C, ...) -> each pixel's feature vector divided by its root mean square over C."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+def minibatch_std(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """(B, C, H, W) -> (B, C + 1, H, W): one more feature map holding the standard deviation
+    over the minibatch of every feature at every pixel, averaged over features and pixels.
+    A discriminator that sees it can tell a batch of near-identical samples from real data."""
+    std = torch.sqrt(x.var(dim=0, unbiased=False) + eps).mean()  # () over (C, H, W)
+    return torch.cat([x, std.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)

@@ -24,6 +24,7 @@ TINY: dict[str, dict] = {
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "dcgan": {"latent": 4, "width": 4},
+    "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
 }
 
 

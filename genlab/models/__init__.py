@@ -18,13 +18,14 @@ from genlab.models.made import MADE
 from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
+from genlab.models.progan import ProGAN
 from genlab.models.rnade import RNADE
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
-                DCGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+                DCGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
 }
 
 
