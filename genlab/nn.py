@@ -298,7 +298,8 @@ def dcgan_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-        return self.head(self.feature_map(x)).flatten()  # (B,)
+
+
 # ---- equalised learning rate, pixel norm, minibatch deviation (Karras et al. 2018) -------------
 #
 # Weights are drawn from N(0, 1) and multiplied at run time by He's constant gain / sqrt(fan_in):
