@@ -34,6 +34,8 @@ VARIANTS: list[tuple[str, tuple[int, int, int], dict]] = [
     ("gated_pixelcnn", (1, 4, 4), {"classes": 3}),
     ("nade", (1, 4, 4), {"ordering": "random"}),
     ("made", (1, 4, 4), {"order_agnostic": True}),
+    ("dcgan", (3, 16, 16), {}),  # batch norm in both nets (none at 4x4)
+    ("aae", (1, 4, 4), {"prior": "labelled_mog", "components": 3}),
 ]
 
 

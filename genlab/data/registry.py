@@ -28,6 +28,7 @@ from genlab.data.dataset import (
 )
 from genlab.data.fashion_mnist import fashion_source
 from genlab.data.folder import folder_source, image_source, is_image_file
+from genlab.data.icons import icons_source
 from genlab.data.idx import idx_source, is_idx_folder
 from genlab.data.mnist import mnist_source
 from genlab.data.npz import npz_source
@@ -131,6 +132,11 @@ SOURCES: dict[str, SourceEntry] = {
         about="3x32x32 colour crops of the two photographs scikit-learn ships, split by region",
         open=lambda r: photos_source(),
         install=PHOTOS_INSTALL,
+    ),
+    "icons": SourceEntry(
+        about="Oxygen desktop icons on white, 3x32x32 (or 64x64 by shape), 80/10/10 shuffled",
+        open=lambda r: icons_source(r.shape),
+        install="`apt-get install oxygen-icon-theme` as root (`make setup` does it where it can)",
     ),
     "synthetic:bars": _synthetic_entry("bars", "horizontal or vertical bars, binary"),
     "synthetic:blobs": _synthetic_entry("blobs", "one grey Gaussian blob per image"),
