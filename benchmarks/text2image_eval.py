@@ -29,20 +29,13 @@ def batched(fn, x: torch.Tensor, size: int = 250):
     return torch.cat(outs)
 
 
-def predict(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = batched(net.predict, x)
-    if "digit" not in out and "class" in out:  # the digit head under its generic name
-        out["digit"] = out["class"]
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from genlab.metrics.conditional import classifier
+    from genlab.metrics.conditional import classifier, predict
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -55,8 +48,8 @@ def main() -> None:
                     torch.arange(len(texts)))
         net = classifier()
         want = caption_targets(data)
-        got = caption_accuracy(predict(net, x), want, data.heldout)
-        ceiling = caption_accuracy(predict(net, data.x), want, data.heldout)
+        got = caption_accuracy(predict(x), want, data.heldout)
+        ceiling = caption_accuracy(predict(data.x), want, data.heldout)
         fid = frechet_distance(batched(net.features, data.x), batched(net.features, x))
     print(f"text2image {args.run}: {len(x)} samples, one per mnist-captions test caption "
           f"({int(data.heldout.sum())} held-out)")
