@@ -125,8 +125,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan",
-                                  "text2image"])
+@pytest.mark.parametrize(
+    "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     # progan grows 4x4 -> 8x8 on 8x8 images; its tiny phase of 96 images (12 steps of 8) puts
     # the kill at step 17 mid-fade, with the checkpoint of step 10 still at 4x4.
