@@ -11,6 +11,7 @@ from typing import Any
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.gan import GAN
+from genlab.models.infogan import InfoGAN
 from genlab.models.made import MADE
 from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
@@ -21,7 +22,7 @@ from genlab.models.vae import VAE
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, GAN, RowLSTM,
-                DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+                DiagonalBiLSTM, PixelCNN, GatedPixelCNN, InfoGAN)
 }
 
 
