@@ -19,6 +19,7 @@ TINY: dict[str, dict] = {
     "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
     "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
+    "infogan": {"noise": 3, "categories": 3, "continuous": 2, "width": 4, "q_hidden": 6},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},

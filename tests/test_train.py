@@ -126,7 +126,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize(
-    "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image"])
+    "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     # progan grows 4x4 -> 8x8 on 8x8 images; its tiny phase of 96 images (12 steps of 8) puts
     # the kill at step 17 mid-fade, with the checkpoint of step 10 still at 4x4.

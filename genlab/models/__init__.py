@@ -14,6 +14,7 @@ from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.conv_vae import ConvVAE
 from genlab.models.dcgan import DCGAN
 from genlab.models.gan import GAN
+from genlab.models.infogan import InfoGAN
 from genlab.models.made import MADE
 from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
@@ -26,8 +27,8 @@ from genlab.models.vae import VAE
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
-                DCGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN,
-                Text2Image)
+                DCGAN, InfoGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
+                GatedPixelCNN, Text2Image)
 }
 
 
