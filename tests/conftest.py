@@ -21,6 +21,7 @@ TINY: dict[str, dict] = {
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "stargan": {"width": 4, "blocks": 1, "d_width": 4},
 }
 
 
@@ -50,7 +51,21 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
         x = torch.bernoulli(x, generator=g)
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
-    return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    batch = {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    if "attrs" in model.needs:  # one value index per attribute of genlab.data.attributes
+        from genlab.data.attributes import ATTRIBUTES
+
+        batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,), generator=g)
+                                      for v in ATTRIBUTES.values()], 1)
+    return batch
+
+
+def translate_cond(model: genlab.models.GenerativeModel, n: int, seed: int = 0) -> dict:
+    """A ``translate`` target for ``n`` images: attribute rows where the model reads "attrs",
+    else the other domain."""
+    if "attrs" in model.needs:
+        return {"attrs": tiny_batch(model, n, seed)["attrs"]}
+    return {"to": "b"}
 
 
 @pytest.fixture(autouse=True)

@@ -124,7 +124,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["nade", "vae", "gan"])
+@pytest.mark.parametrize("name", ["nade", "vae", "gan", "stargan"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     data = synthetic("bars", n=64, shape=(1, 4, 4), seed=1)
     kw = dict(steps=30, batch_size=8, ckpt_every=10, log_every=1, progress=False, seed=5, lr=1e-2)

@@ -16,12 +16,13 @@ from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genlab.models.rnade import RNADE
+from genlab.models.stargan import StarGAN
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, GAN, RowLSTM,
-                DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+                DiagonalBiLSTM, PixelCNN, GatedPixelCNN, StarGAN)
 }
 
 
