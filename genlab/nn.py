@@ -241,14 +241,15 @@ class ConvGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """x (B, C, H, W) in [-1, 1] -> ``features`` (B, F) -> one logit (B,).
+    """x (B, C, H, W) in [-1, 1] -> ``features`` (B, F) -> one logit (B,), or (B, outputs).
 
     The image is padded to the working size with ``pad`` (-1: black), then stride-2
     convolutions double the channels (``width`` first) down to 4x4 (at least one of them);
-    the logit is a convolution over the last map. ``features`` is that map flattened."""
+    the logit is a convolution over the last map. ``features`` is that map flattened.
+    ``outputs`` > 1 makes the head a linear map to that many numbers (an encoder's)."""
 
     def __init__(self, shape: tuple[int, int, int], width: int = 64, batchnorm: bool = True,
-                 slope: float = 0.2, pad: float = -1.0) -> None:
+                 slope: float = 0.2, pad: float = -1.0, outputs: int = 1) -> None:
         super().__init__()
         c, h, w = shape
         self.side, self.pad = working_size(h, w), pad
@@ -263,13 +264,74 @@ class ConvDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers)
         last = self.side >> n  # 4, or 2 on tiny images
         self.out_dim = chans[-1] * last * last
-        self.head = nn.Conv2d(chans[-1], 1, last)
+        self.head = nn.Conv2d(chans[-1], outputs, last)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self.body(pad_to(x, self.side, self.pad))  # (B, F_c, 4, 4)
+
+    def layer_maps(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activated map, input side first: (B, width, S/2, S/2), ... (B, F_c,
+        4, 4); the last is ``feature_map(x)``."""
+        maps, y = [], pad_to(x, self.side, self.pad)
+        for layer in self.body:
+            y = layer(y)
+            if isinstance(layer, nn.LeakyReLU):
+                maps.append(y)
+        return maps
 
     def features(self, x: Tensor) -> Tensor:
         return self.feature_map(x).flatten(1)  # (B, F)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.feature_map(x)).flatten()  # (B,)
+        y = self.head(self.feature_map(x)).flatten(1)  # (B, outputs)
+        return y.squeeze(1) if y.shape[1] == 1 else y
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.'s initialisation: every (transposed) convolution's and linear layer's
+    weights from N(0, 0.02); batch norm scales from N(1, 0.02), shifts 0; biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+# ---- equalised learning rate, pixel norm, minibatch deviation (Karras et al. 2018) -------------
+#
+# Weights are drawn from N(0, 1) and multiplied at run time by He's constant gain / sqrt(fan_in):
+# Adam's update is invariant to a weight's scale, so every layer then learns at the same speed
+# whatever its fan-in (the "equalised learning rate"). Biases start at zero, unscaled.
+class EqualizedLinear(nn.Module):
+    """A linear layer whose effective weight is ``weight * gain / sqrt(in_features)``."""
+    def __init__(self, in_features: int, out_features: int, gain: float = 2**0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / in_features**0.5
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+class EqualizedConv2d(nn.Module):
+    """A stride-1 'same' convolution whose effective weight is ``weight * gain / sqrt(fan_in)``,
+    fan_in = in_channels * kernel * kernel."""
+    def __init__(self, in_channels: int, out_channels: int, kernel: int,
+                 gain: float = 2**0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / (in_channels * kernel * kernel) ** 0.5
+        self.padding = kernel // 2
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """(B, C, ...) -> each pixel's feature vector divided by its root mean square over C."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+def minibatch_std(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """(B, C, H, W) -> (B, C + 1, H, W): one more feature map holding the standard deviation
+    over the minibatch of every feature at every pixel, averaged over features and pixels.
+    A discriminator that sees it can tell a batch of near-identical samples from real data."""
+    std = torch.sqrt(x.var(dim=0, unbiased=False) + eps).mean()  # () over (C, H, W)
+    return torch.cat([x, std.expand(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)

@@ -16,11 +16,15 @@ TINY: dict[str, dict] = {
     "made": {"hidden": [8, 6], "masks": 2, "order_agnostic": False},
     "rnade": {"hidden": 8, "components": 3},
     "vae": {"hidden": [16], "latent": 3},
+    "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
+    "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
+    "dcgan": {"latent": 4, "width": 4},
+    "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
     "stargan": {"width": 4, "blocks": 1, "d_width": 4},
 }
 
@@ -66,6 +70,30 @@ def translate_cond(model: genlab.models.GenerativeModel, n: int, seed: int = 0) 
     if "attrs" in model.needs:
         return {"attrs": tiny_batch(model, n, seed)["attrs"]}
     return {"to": "b"}
+
+
+def one_step_per_player(model: genlab.models.GenerativeModel, batch: dict) -> None:
+    """One Adam step per player changes some of that player's parameters and no others."""
+    name = model.name
+    for player in model.players:
+        owned = {id(p) for p in model.parameters_for(player)}
+        assert owned, f"{name}: player {player} owns no parameters"
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.Adam(model.parameters_for(player), lr=1e-2)
+        opt.zero_grad()
+        loss, logs = model.loss(batch, player)
+        assert loss.dim() == 0 and torch.isfinite(loss), f"{name}/{player}: loss {loss}"
+        assert all(isinstance(v, float) for v in logs.values())
+        loss.backward()
+        opt.step()
+        changed_own = False
+        for n, p in model.named_parameters():
+            moved = not torch.equal(before[n], p.detach())
+            if id(p) in owned:
+                changed_own |= moved
+            else:
+                assert not moved, f"{name}: player {player} changed {n}, which it does not own"
+        assert changed_own, f"{name}: player {player}'s step changed none of its parameters"
 
 
 @pytest.fixture(autouse=True)

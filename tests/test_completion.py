@@ -94,14 +94,26 @@ def exact_log_prob(model, x):
     well under 0.01 in total variation on these tiny shapes)."""
     if model.exact:
         return model.log_prob(x).double()
-    if model.name == "vae":
+    if model.name in ("vae", "conv_vae"):
         g = torch.Generator().manual_seed(123)
-        xf = x.flatten(1).double()
+        levels = getattr(model, "levels", 2)
+        if levels == 2:
+            xf = x.flatten(1).double()  # (N, D)
+        else:  # one-hot (N, K * D), level-major like the logits below
+            k = torch.round(x.flatten(1) * (levels - 1)).long()  # (N, D)
+            xf = torch.nn.functional.one_hot(k, levels).transpose(1, 2).flatten(1).double()
         total = torch.full((len(x),), -math.inf, dtype=torch.float64)
         for _ in range(10):
             z = torch.randn(100_000, model.config.latent, generator=g)
-            logits = model.decoder(z).double()  # (S, D)
-            lp = xf @ logits.t() - torch.nn.functional.softplus(logits).sum(1)  # (N, S)
+            if model.name == "vae":
+                logits = model.decoder(z).double()  # (S, D)
+            else:  # (S, [K,] C, H, W) -> (S, D) or (S, K * D)
+                logits = model._logits(z).double().flatten(1)
+            if levels == 2:
+                lp = xf @ logits.t() - torch.nn.functional.softplus(logits).sum(1)  # (N, S)
+            else:
+                logp = torch.log_softmax(logits.view(len(z), levels, -1), 1).flatten(1)
+                lp = xf @ logp.t()  # (N, S)
             total = torch.logaddexp(total, torch.logsumexp(lp, 1))
         return total
     raise NotImplementedError(f"no exact reference likelihood for {model.name}: add one here")

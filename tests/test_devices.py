@@ -34,6 +34,8 @@ VARIANTS: list[tuple[str, tuple[int, int, int], dict]] = [
     ("gated_pixelcnn", (1, 4, 4), {"classes": 3}),
     ("nade", (1, 4, 4), {"ordering": "random"}),
     ("made", (1, 4, 4), {"order_agnostic": True}),
+    ("dcgan", (3, 16, 16), {}),  # batch norm in both nets (none at 4x4)
+    ("aae", (1, 4, 4), {"prior": "labelled_mog", "components": 3}),
 ]
 
 
@@ -250,7 +252,11 @@ def _exercise(model: genlab.models.GenerativeModel, batch: dict) -> list[torch.T
         loss, _ = model.loss(batch, player)
         loss.backward()
     model.eval()
-    outs.append(model.sample(3))
+    if model.has("sample"):
+        outs.append(model.sample(3))
+    if model.has("translate"):
+        cond = {"attrs": batch["attrs"]} if "attrs" in batch else {"to": "b"}  # on its device
+        outs.append(model.translate(batch["x"], cond))
     if isinstance(model, PixelAutoregressive):
         outs.append(model.reference_sample(2))
     if model.has("log_prob"):

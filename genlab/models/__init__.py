@@ -8,21 +8,26 @@ import types
 import typing
 from typing import Any
 
+from genlab.models.aae import AAE
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
+from genlab.models.conv_vae import ConvVAE
+from genlab.models.dcgan import DCGAN
 from genlab.models.gan import GAN
 from genlab.models.made import MADE
 from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
+from genlab.models.progan import ProGAN
 from genlab.models.rnade import RNADE
 from genlab.models.stargan import StarGAN
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
-    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, GAN, RowLSTM,
-                DiagonalBiLSTM, PixelCNN, GatedPixelCNN, StarGAN)
+    for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
+                DCGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN,
+                StarGAN)
 }
 
 

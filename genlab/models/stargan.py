@@ -298,3 +298,16 @@ class StarGAN(Adversarial):
         path = Path(folder) / "translations.png"
         save_grid(grid, path, nrow=len(columns))
         return [path]
+
+
+# ---- measures of translations (functions of a classifier's predictions, so testable alone) ----
+
+
+def attribute_accuracy(predicted: Tensor, requested: Tensor) -> float:
+    """Share of translated images whose predicted attribute value (B,) is the requested one."""
+    return float((predicted.long() == requested.long()).float().mean())
+
+
+def digit_preservation(predicted: Tensor, source: Tensor) -> float:
+    """Share of translated images whose predicted digit (B,) is the source image's digit."""
+    return float((predicted.long() == source.long()).float().mean())

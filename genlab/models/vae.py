@@ -104,6 +104,14 @@ class VAE(GenerativeModel):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {config.objective!r}")
         if config.k_train < 1 or config.latent < 1:
             raise ValueError("k_train and latent must be at least 1")
+        self.build_networks(config)
+        # The output bias is set from the first training batch (see _init_output_bias); the
+        # flag is a buffer so that loading or resuming a trained model never redoes it.
+        self.register_buffer("_initialised", torch.tensor(False))
+        self._kl_weight = 1.0  # set by on_step during a warm-up; 1 everywhere else
+
+    def build_networks(self, config: VAEConfig) -> None:
+        """The encoder and decoder: MLPs here (``conv_vae`` builds convolutional ones)."""
         if config.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, "
                              f"got {config.activation!r}")
@@ -112,10 +120,24 @@ class VAE(GenerativeModel):
         d = self.n_pixels
         self.encoder = _Encoder(d, hidden, config.latent, act)
         self.decoder = mlp([config.latent, *reversed(hidden), d], act)  # -> logits (.., D)
-        # The output bias is set from the first training batch (see _init_output_bias); the
-        # flag is a buffer so that loading or resuming a trained model never redoes it.
-        self.register_buffer("_initialised", torch.tensor(False))
-        self._kl_weight = 1.0  # set by on_step during a warm-up; 1 everywhere else
+
+    # ---- the parts a variant with other networks or another likelihood replaces -------------
+    def posterior(self, xf: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance (B, L) each of q(z|x) for flattened images xf (B, D)."""
+        return self.encoder(xf)
+
+    def log_likelihood(self, xf: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) (...) for xf (B, D) and codes z (..., B, L)."""
+        return _log_bernoulli(xf, self.decoder(z))
+
+    def draw(self, z: Tensor, mean: bool = False) -> Tensor:
+        """Images (n, D) drawn from p(x|z) for z (n, L), or their means when ``mean``."""
+        probs = torch.sigmoid(self.decoder(z))
+        return probs if mean else torch.bernoulli(probs)
+
+    def activation_width(self) -> int:
+        """The widest activation per image and sample, which sizes ``log_prob``'s chunks."""
+        return max(self.n_pixels, *self.config.hidden, 1)
 
     # ---- the training protocol ------------------------------------------------------------
     def on_step(self, step: int) -> None:
@@ -129,7 +151,7 @@ class VAE(GenerativeModel):
         if self.training and not bool(self._initialised):
             self._init_output_bias(x)
         xf = x.flatten(1)  # (B, D)
-        mu, logvar = self.encoder(xf)  # (B, L) each
+        mu, logvar = self.posterior(xf)  # (B, L) each
         eps = torch.randn(self.config.k_train, *mu.shape, device=mu.device)  # (k, B, L)
         rec, log_ratio = self._log_terms(xf, mu, logvar, eps)  # (k, B) each
         kl = _gaussian_kl(mu, logvar)  # (B,)
@@ -149,11 +171,10 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, cond: dict[str, Tensor] | None = None, mean: bool = False) -> Tensor:
-        """``n`` binary images (n, C, H, W); ``mean=True`` gives the Bernoulli means instead.
-        Completions (``cond``) come from ``mcmc_completion``, started from these draws."""
+        """``n`` images (n, C, H, W) drawn from the decoder; ``mean=True`` gives its means
+        instead. Completions (``cond``) come from ``mcmc_completion``, started from these."""
         z = torch.randn(n, self.config.latent, device=self.device)  # (n, L)
-        probs = torch.sigmoid(self.decoder(z)).view(n, *self.shape)
-        return probs if mean else torch.bernoulli(probs)
+        return self.draw(z, mean).view(n, *self.shape)
 
     @torch.no_grad()
     def mcmc_completion(self, x: Tensor, request: Request, **options: object) -> Tensor:
@@ -166,25 +187,25 @@ class VAE(GenerativeModel):
         mixed with the prior (a defensive mixture: full support and tails at least as heavy as
         the prior's, so a poor encoder slows the chain but cannot stall it), and accept with
         probability min(1, p(z') p(x | z') m(z | x) / (p(z) p(x | z) m(z' | x))); (2) draw x_h
-        from the decoder's Bernoullis p(x_h | z), exactly. Both steps leave the target
-        invariant and the chain is irreducible, so it converges to p(x_h | x_g).
+        from the decoder's p(x_h | z), independent per sub-pixel, exactly. Both steps leave the
+        target invariant and the chain is irreducible, so it converges to p(x_h | x_g).
         """
         known, given = request.known, request.given  # (B, D)
         xf = torch.where(known, given, x.flatten(1).to(given.dtype))  # (B, D)
 
         def log_joint(z: Tensor) -> Tensor:  # log p(z) + log p(x | z), (B,)
-            return _log_normal(z) + _log_bernoulli(xf, self.decoder(z))
+            return _log_normal(z) + self.log_likelihood(xf, z)
 
         def log_proposal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:  # log m(z | x)
             eps = (z - mu) * torch.exp(-0.5 * logvar)
             log_q = -0.5 * (eps.pow(2) + _LOG_2PI + logvar).sum(-1)
             return torch.logaddexp(log_q, _log_normal(z)) - math.log(2)
 
-        mu, logvar = self.encoder(xf)
+        mu, logvar = self.posterior(xf)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # (B, L): a start, any will do
         with progress_bar(request, 1, "Metropolis-within-Gibbs") as bar:
             for _ in range(request.sweeps):
-                mu, logvar = self.encoder(xf)
+                mu, logvar = self.posterior(xf)
                 from_q = torch.rand(len(z), 1, device=z.device) < 0.5
                 new = torch.where(from_q, mu + torch.exp(0.5 * logvar) * torch.randn_like(mu),
                                   torch.randn_like(mu))
@@ -192,7 +213,7 @@ class VAE(GenerativeModel):
                              - log_joint(z) - log_proposal(new, mu, logvar))
                 take = (torch.rand_like(log_ratio).log() < log_ratio).unsqueeze(1)
                 z = torch.where(take, new, z)
-                xf = torch.where(known, given, torch.bernoulli(torch.sigmoid(self.decoder(z))))
+                xf = torch.where(known, given, self.draw(z).to(given.dtype))
                 bar.update(1)
         return xf.view(x.shape)
 
@@ -201,14 +222,14 @@ class VAE(GenerativeModel):
     def encode(self, x: Tensor) -> Tensor:
         """The posterior mean E_q[z|x], shape (B, latent)."""
         self.check_input(x)
-        return self.encoder(x.flatten(1))[0]
+        return self.posterior(x.flatten(1))[0]
 
     @torch.no_grad()
     def elbo(self, x: Tensor) -> Tensor:
         """One-sample ELBO in nats per image, shape (B,): an unbiased estimate of a lower bound."""
         self.check_input(x)
         xf = x.flatten(1)
-        mu, logvar = self.encoder(xf)
+        mu, logvar = self.posterior(xf)
         rec, _ = self._log_terms(xf, mu, logvar, torch.randn_like(mu)[None])
         return rec[0] - _gaussian_kl(mu, logvar)
 
@@ -229,9 +250,8 @@ class VAE(GenerativeModel):
         xf = x.flatten(1)  # (B, D)
         b = xf.shape[0]
         if chunk is None:
-            width = max(self.n_pixels, *self.config.hidden, 1)
-            chunk = max(1, 2**24 // (b * width))
-        mu, logvar = self.encoder(xf)  # (B, L)
+            chunk = max(1, 2**24 // (b * self.activation_width()))
+        mu, logvar = self.posterior(xf)  # (B, L)
         total = torch.full((b,), -math.inf, dtype=torch.float64, device=xf.device)
         for start in range(0, k, chunk):
             c = min(chunk, k - start)
@@ -249,8 +269,7 @@ class VAE(GenerativeModel):
         xf (B, D); mu, logvar (B, L); eps (S, B, L).
         """
         z = mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
-        logits = self.decoder(z)  # (S, B, D)
-        rec = _log_bernoulli(xf, logits)
+        rec = self.log_likelihood(xf, z)  # (S, B)
         # log q(z|x) written with eps, since (z - mu) / sigma = eps exactly.
         log_q = -0.5 * (eps.pow(2) + _LOG_2PI + logvar).sum(-1)
         return rec, _log_normal(z) - log_q
