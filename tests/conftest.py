@@ -27,6 +27,7 @@ TINY: dict[str, dict] = {
     "dcgan": {"latent": 4, "width": 4},
     "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
     "text2image": {"latent": 4, "width": 4, "words": 4, "text": 6, "proj": 3},
+    "stargan": {"width": 4, "blocks": 1, "d_width": 4},
 }
 
 
@@ -61,7 +62,20 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
         ids = torch.randint(2, 40, (n, 8), generator=g)
         words = torch.randint(3, 7, (n, 1), generator=g)
         batch["text"] = torch.where(torch.arange(8) < words, ids, 0)
+    if "attrs" in model.needs:  # one value index per attribute of genlab.data.attributes
+        from genlab.data.attributes import ATTRIBUTES
+
+        batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,), generator=g)
+                                      for v in ATTRIBUTES.values()], 1)
     return batch
+
+
+def translate_cond(model: genlab.models.GenerativeModel, n: int, seed: int = 0) -> dict:
+    """A ``translate`` target for ``n`` images: attribute rows where the model reads "attrs",
+    else the other domain."""
+    if "attrs" in model.needs:
+        return {"attrs": tiny_batch(model, n, seed)["attrs"]}
+    return {"to": "b"}
 
 
 def one_step_per_player(model: genlab.models.GenerativeModel, batch: dict) -> None:

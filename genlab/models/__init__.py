@@ -22,13 +22,16 @@ from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genlab.models.progan import ProGAN
 from genlab.models.rnade import RNADE
 from genlab.models.text2image import Text2Image
+from genlab.models.stargan import StarGAN
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
                 DCGAN, InfoGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
-                GatedPixelCNN, Text2Image)
+                GatedPixelCNN, StarGAN, Text2Image)
+                DCGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN,
+                StarGAN)
 }
 
 
