@@ -30,8 +30,6 @@ MODELS: dict[str, type[GenerativeModel]] = {
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
                 DCGAN, InfoGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
                 GatedPixelCNN, StarGAN, Text2Image)
-                DCGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN,
-                StarGAN)
 }
 
 
