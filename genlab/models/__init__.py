@@ -21,8 +21,8 @@ from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genlab.models.progan import ProGAN
 from genlab.models.rnade import RNADE
-from genlab.models.text2image import Text2Image
 from genlab.models.stargan import StarGAN
+from genlab.models.text2image import Text2Image
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
