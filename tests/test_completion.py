@@ -423,7 +423,7 @@ def test_bad_requests_get_one_line_errors(name):
 
 def test_models_without_log_prob_refuse_completion():
     for name, cls in genlab.MODELS.items():
-        if cls.has("log_prob"):
+        if cls.has("log_prob") or not cls.has("sample"):  # translation models: no sampler
             continue
         model = perturbed(name, (1, 2, 3))
         cond = {"x": torch.zeros(2, 1, 2, 3), "mask": torch.ones(2, 1, 2, 3, dtype=torch.bool)}
