@@ -18,6 +18,7 @@ TINY: dict[str, dict] = {
     "vae": {"hidden": [16], "latent": 3},
     "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
+    "cyclegan": {"width": 4, "blocks": 1, "d_width": 4, "pool": 6},
     "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
@@ -54,7 +55,10 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
         x = torch.bernoulli(x, generator=g)
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
-    return {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    batch = {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    if "x_b" in model.needs:  # a second, unaligned domain
+        batch["x_b"] = torch.round(torch.rand(n, *model.shape, generator=g) * 255) / 255
+    return batch
 
 
 def one_step_per_player(model: genlab.models.GenerativeModel, batch: dict) -> None:
