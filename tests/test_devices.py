@@ -252,7 +252,10 @@ def _exercise(model: genlab.models.GenerativeModel, batch: dict) -> list[torch.T
         loss, _ = model.loss(batch, player)
         loss.backward()
     model.eval()
-    outs.append(model.sample(3))
+    if model.has("sample"):
+        outs.append(model.sample(3))
+    if model.has("translate"):
+        outs.append(model.translate(batch["x"], {"to": "b"}))
     if isinstance(model, PixelAutoregressive):
         outs.append(model.reference_sample(2))
     if model.has("log_prob"):
