@@ -33,7 +33,7 @@ def test_one_step_per_player_changes_only_that_player(name):
 def test_sample_shape_and_range(name, shape):
     model = tiny(name, shape)
     if not model.has("sample"):  # a translation-only model: its translations instead
-        x = model.translate(tiny_batch(model, 5)["x"], {"to": "b"})
+        x = model.translate(tiny_batch(model, 5)["x"], {"to": "b"}).detach()
     else:
         x = model.sample(5)
     assert x.shape == (5, *shape)
@@ -134,13 +134,14 @@ def test_log_prob_and_encode_are_detached_outside_training(name, tmp_path):
     """The rule of GenerativeModel: in eval mode (what genlab.load returns) scores and features
     carry no autograd graph; in training mode log_prob is differentiable, so the loss works."""
     model = tiny(name)
-    caps = [c for c in ("log_prob", "encode") if model.has(c)]
-    assert caps, f"{name} has neither log_prob nor encode: drop it from this test"
+    caps = [c for c in ("log_prob", "encode", "translate") if model.has(c)]
+    assert caps, f"{name} has neither log_prob, encode nor translate: drop it from this test"
     x = tiny_batch(model, 4)["x"]
     model.save(tmp_path / "run")
     for m in (model.eval(), genlab.load(tmp_path / "run")):
         for capability in caps:
-            out = getattr(m, capability)(x)
+            args = (x, {"to": "b"}) if capability == "translate" else (x,)
+            out = getattr(m, capability)(*args)
             assert not out.requires_grad and out.grad_fn is None, f"{name}.{capability}"
     if model.has("log_prob") and model.exact:  # exact log_prob is the training loss itself
         assert model.train().log_prob(x).requires_grad

@@ -37,7 +37,8 @@ def test_the_generator_loss_is_the_papers_sum():
     adv = ((model.d_b(fb) - 1) ** 2).mean() + ((model.d_a(fa) - 1) ** 2).mean()
     cyc = (model.g_ba(fb) - a).abs().mean() + (model.g_ab(fa) - b).abs().mean()
     idt = (model.g_ab(b) - b).abs().mean() + (model.g_ba(a) - a).abs().mean()
-    assert float(loss.detach()) == pytest.approx(float((adv + 10 * cyc + 5 * idt).detach()), rel=1e-5)
+    want = float((adv + 10 * cyc + 5 * idt).detach())
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
 
 
 def _reference_history(stored: list, queries: list, size: int, seed: int) -> list:
