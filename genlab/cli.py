@@ -685,7 +685,7 @@ def cmd_features(args: argparse.Namespace) -> None:
     print(f"{net.description}: {sum(p.numel() for p in net.parameters()):,} parameters, "
           f"{result.steps} steps in {result.seconds:.0f} s")
     print(f"test accuracy {result.test_accuracy:.2%} (validation {result.val_accuracy:.2%}) on "
-          f"{result.record['test_images']} grey test images; run saved in {out}")
+          f"{result.record['test_images']} test images (not binarized); run saved in {out}")
 
 
 def _m_list(text: str) -> tuple[int, ...]:

@@ -101,6 +101,10 @@ def _conditional(kind: str, base: str, seed: int, limit: int | None) -> Source:
 
     if kind == "domains":
         return domain_pair_source(base, seed, limit)
+    if kind == "digits32":
+        from genlab.data.digits32 import digits32_source
+
+        return digits32_source(seed, limit)
     build = {"attrs": attributed_source, "captions": captioned_source,
              "patches": patched_source}[kind]
     src = fashion_source() if base == "fashion-mnist" else mnist_source()
@@ -142,6 +146,10 @@ SOURCES: dict[str, SourceEntry] = {
     "synthetic:blobs": _synthetic_entry("blobs", "one grey Gaussian blob per image"),
     # Conditional data (genlab.data.attributes, captions, patches, domains): 3x32x32,
     # rendered from `seed`, 10k/1k/1k (limit renders fewer).
+    "digits32": _conditional_entry(
+        "digits32", "mnist", "every 3x32x32 digit rendering in one labelled set (mnist-attrs "
+        "with field attrs, mnist-colour, typeset, MNIST in RGB; attrs -100 where unknown): "
+        "the training data of genlab-digits32-classifier; 40k/4k/4k", MNIST_INSTALL),
     "mnist-attrs": _conditional_entry(
         "attrs", "mnist", "MNIST drawn with attributes (colour, background, thickness, "
         "rotation, scale, inversion): field attrs (N, 6); 3x32x32", MNIST_INSTALL),

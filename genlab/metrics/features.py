@@ -49,7 +49,10 @@ from genlab.models.base import (
 
 # The shipped networks: data source name -> file stem in WEIGHTS_DIR.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"mnist": "genlab-mnist-classifier", "fashion-mnist": "genlab-fashion-mnist-classifier"}
+SHIPPED = {"mnist": "genlab-mnist-classifier", "fashion-mnist": "genlab-fashion-mnist-classifier",
+           # The 3x32x32 conditional sources share one: it reads digits in every rendering.
+           **dict.fromkeys(("digits32", "mnist-attrs", "mnist-captions", "mnist-patches",
+                            "mnist:mnist-colour", "mnist:typeset"), "genlab-digits32-classifier")}
 # Bounds on a config from a stranger, checked before anything is allocated.
 MAX_WIDTH = 4096
 
@@ -76,6 +79,9 @@ class FeatureConfig:
     dropout: float = 0.3
     max_shift: int = 2  # augmentation: random shifts of up to this many pixels
     binarize_fraction: float = 0.3  # augmentation: share of images replaced by Bernoulli(grey)
+    # Extra heads, one softmax per attribute (name -> its values), trained on a batch field
+    # "attrs" (N, len(attributes)) of value indices, -100 where unknown (genlab.data.digits32).
+    attributes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
@@ -90,6 +96,10 @@ class FeatureConfig:
             raise ValueError(f"dim must be in 1..{MAX_WIDTH}, got {self.dim}")
         if not 2 <= len(self.classes) <= 100_000:
             raise ValueError(f"a classifier needs 2 or more classes, got {len(self.classes)}")
+        self.attributes = {str(k): [str(v) for v in values]
+                           for k, values in dict(self.attributes).items()}
+        if not all(2 <= len(v) <= 1000 for v in self.attributes.values()):
+            raise ValueError("every attribute needs 2 to 1000 values")
         if not (0 <= self.dropout < 1 and 0 <= self.binarize_fraction <= 1 and self.max_shift >= 0):
             raise ValueError("dropout must be in [0, 1), binarize_fraction in [0, 1] and "
                              "max_shift >= 0")
@@ -149,6 +159,10 @@ class FeatureNet(Trainable):
         )
         self.head = nn.Sequential(nn.Dropout(config.dropout),
                                   nn.Linear(config.dim, len(config.classes)))
+        # Empty for the class-only networks, whose files therefore stay as they were.
+        self.attribute_heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.dim, len(values)))
+            for name, values in config.attributes.items()})
 
     # ---- what metrics use -----------------------------------------------------------------------
     @property
@@ -198,6 +212,15 @@ class FeatureNet(Trainable):
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> dict[str, Tensor]:
+        """(B, C, H, W) images -> {"class": (B,) predicted class indices, and for each
+        attribute head its (B,) predicted value indices}."""
+        h = self.body(self._checked(x))  # (B, dim)
+        out = {"class": self.head(h).argmax(1)}
+        out.update({name: head(h).argmax(1) for name, head in self.attribute_heads.items()})
+        return out
+
     # ---- the training protocol: Trainable's one-player defaults, and a loss -------------------
     @classmethod
     def has(cls, capability: str) -> bool:
@@ -226,10 +249,20 @@ class FeatureNet(Trainable):
         x, y = batch["x"], batch["y"]
         if self.training:
             x = self.augment(x)
-        logits = self.logits(x)  # (B, K)
+        h = self.features(x)  # (B, dim)
+        logits = self.head(h)  # (B, K)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
-        return loss, {"train_acc": float(acc)}
+        logs = {"train_acc": float(acc)}
+        if self.attribute_heads:
+            attrs = batch["attrs"]  # (B, A), -100 where an image has no such label
+            for j, head in enumerate(self.attribute_heads.values()):
+                known = attrs[:, j] != -100
+                # The sum over the known rows by their number: a batch with none adds 0, not
+                # the NaN of cross_entropy's mean over nothing.
+                ce = F.cross_entropy(head(h), attrs[:, j], ignore_index=-100, reduction="sum")
+                loss = loss + ce / max(int(known.sum()), 1)
+        return loss, logs
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -339,6 +372,22 @@ def accuracy(net: FeatureNet, data: Any, batch_size: int = 500) -> float:
     return right / len(data)
 
 
+@torch.no_grad()
+def attribute_accuracy(net: FeatureNet, data: Any, batch_size: int = 500) -> dict[str, float]:
+    """Share of ``data``'s images (those with the label) whose attribute the net predicts."""
+    right = dict.fromkeys(net.attribute_heads, 0)
+    total = dict.fromkeys(net.attribute_heads, 0)
+    attrs = data.fields["attrs"]
+    for i in range(0, len(data), batch_size):
+        pred = net.predict(data.x[i : i + batch_size])
+        for j, name in enumerate(net.attribute_heads):
+            want = attrs[i : i + batch_size, j].to(pred[name].device)
+            known = want != -100
+            right[name] += int((pred[name] == want)[known].sum())
+            total[name] += int(known.sum())
+    return {k: round(right[k] / max(total[k], 1), 5) for k in right}
+
+
 @dataclass
 class TrainResult:
     net: FeatureNet
@@ -388,6 +437,11 @@ def train_feature_net(
     from genlab.train import fit
 
     train, val, test = (_labelled(source, s, limit, seed) for s in ("train", "val", "test"))
+    if "attrs" in train.fields:  # rendered attributes: a head for each (genlab.data.digits32)
+        from genlab.data.attributes import ATTRIBUTES
+
+        settings.setdefault("attributes", {k: list(v) for k, v in ATTRIBUTES.items()})
+        settings.setdefault("binarize_fraction", 0.0)  # colour images: no Bernoulli draws
     k = int(max(int(train.y.max()), int(val.y.max()), int(test.y.max()))) + 1
     classes = list(train.classes) if train.classes else [str(i) for i in range(k)]
     settings.setdefault("name", f"genlab-{slug(source)}-classifier")
@@ -401,6 +455,8 @@ def train_feature_net(
     seconds = time.perf_counter() - start
     val_acc, test_acc = accuracy(net, val), accuracy(net, test)
     record = {"val_accuracy": round(val_acc, 5), "test_accuracy": round(test_acc, 5),
+              **({"test_attribute_accuracy": attribute_accuracy(net, test)}
+                 if net.attribute_heads else {}),
               "test_images": len(test), "train_steps": history.step,
               "train_seconds": round(history.elapsed, 1),
               "data": {"source": train.origin["source"] if train.origin else source,
@@ -417,7 +473,8 @@ def export(run: str | os.PathLike, to: str | os.PathLike = WEIGHTS_DIR) -> tuple
     net = load_feature_net(run)
     stored = net.recorded
     keep = ("feature_net", "kind", "genlab_version", "torch_version", "val_accuracy",
-            "test_accuracy", "test_images", "train_steps", "train_seconds", "data")
+            "test_accuracy", "test_attribute_accuracy", "test_images", "train_steps",
+            "train_seconds", "data")
     meta = {k: stored[k] for k in keep if k in stored}
     meta["trained_with"] = stored.get("train", {}).get("command")
     meta["fit"] = stored.get("train", {}).get("fit")
@@ -431,4 +488,5 @@ def export(run: str | os.PathLike, to: str | os.PathLike = WEIGHTS_DIR) -> tuple
 
 
 __all__ = ["SHIPPED", "WEIGHTS_DIR", "FeatureConfig", "FeatureNet", "TrainResult", "accuracy",
+           "attribute_accuracy",
            "export", "feature_net_for", "load_feature_net", "train_feature_net"]

@@ -99,7 +99,8 @@ class ConvVAE(VAE):
     def log_likelihood(self, xf: Tensor, z: Tensor) -> Tensor:
         lead = z.shape[:-1]  # (..., B)
         flat = z.reshape(-1, z.shape[-1])  # (N, L), N = prod(lead)
-        x = xf.view(1, -1, *self.shape).expand(*lead, *self.shape).reshape(-1, *self.shape)
+        x = xf.view(*[1] * (len(lead) - 1), -1, *self.shape)  # (1, ..., B, C, H, W)
+        x = x.expand(*lead, *self.shape).reshape(-1, *self.shape)  # (N, C, H, W)
         return discrete_log_prob(self._logits(flat), x, self.levels).to(z.dtype).view(lead)
 
     def draw(self, z: Tensor, mean: bool = False) -> Tensor:
