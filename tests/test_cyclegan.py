@@ -196,3 +196,26 @@ def test_measures_on_hand_made_values():
     other = torch.randn(4000, 2, generator=g) * 2 + torch.tensor([3.0, 0.0])
     assert frechet_distance(f, other) == pytest.approx(11, rel=0.05)
     assert math.isfinite(frechet_distance(f[:, :1], other[:, :1]))
+
+
+def test_translation_measures_both_ways_on_a_stub():
+    """A 'translation' that inverts images: the round trip is exact, labels are predicted from
+    the (inverted) image's mean, features are the image itself."""
+    from genlab.metrics.translation import translation_measures
+
+    class Invert:
+        device = torch.device("cpu")
+
+        def translate(self, x, cond):
+            return 1 - x
+
+    a = torch.tensor([0.0, 0.2, 0.9, 1.0]).view(4, 1, 1, 1)
+    b = 1 - a
+    y = torch.tensor([1, 1, 0, 0])
+    out = translation_measures(Invert(), a, b, y, y, batch_size=3,
+                               predict=lambda t: (t.flatten(1).mean(1) < 0.5).long(),
+                               features=lambda t: t.flatten(1))
+    assert out["cycle_error a->b->a"] == pytest.approx(0, abs=1e-7)
+    assert out["cycle_error b->a->b"] == pytest.approx(0, abs=1e-7)
+    assert out["label_preservation a->b"] == 0.0 and out["label_preservation b->a"] == 1.0
+    assert out["fid a->b"] == pytest.approx(0.0, abs=1e-9)
