@@ -105,7 +105,12 @@ def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.T
         x = torch.bernoulli(x)
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
-    return {"x": x, "y": torch.randint(0, 10, (n,))}
+    batch = {"x": x, "y": torch.randint(0, 10, (n,))}
+    if "text" in model.needs:  # random caption token ids (text2image)
+        from genlab.data.captions import MAX_WORDS, VOCAB
+
+        batch["text"] = torch.randint(2, len(VOCAB), (n, MAX_WORDS))
+    return batch
 
 
 def train_step(model, optimizers, batch, step: int) -> None:

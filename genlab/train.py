@@ -676,7 +676,7 @@ class _RunFolder:
                     self._writer.add_scalar(k, v, record["step"])
 
     def grid(self, model: GenerativeModel, step: int, n: int, bar: _Progress) -> None:
-        if not model.has("sample"):  # a translation-only model: its pictures show it
+        if not model.has("sample"):  # a translation-only model: its pictures() show it
             return
         bar.note(f"sampling {n} images", status=True)
         # Sampling must not disturb the training RNG stream, or resume would not be exact.

@@ -20,12 +20,15 @@ TINY: dict[str, dict] = {
     "gan": {"latent": 4, "hidden": [16, 16]},
     "cyclegan": {"width": 4, "blocks": 1, "d_width": 4, "pool": 6},
     "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
+    "infogan": {"noise": 3, "categories": 3, "continuous": 2, "width": 4, "q_hidden": 6},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
     "gated_pixelcnn": {"channels": 3, "layers": 2, "first_kernel": 3},
     "row_lstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "diagonal_bilstm": {"hidden": 12, "layers": 1, "out_hidden": 24},
     "dcgan": {"latent": 4, "width": 4},
     "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
+    "text2image": {"latent": 4, "width": 4, "words": 4, "text": 6, "proj": 3},
+    "stargan": {"width": 4, "blocks": 1, "d_width": 4},
 }
 
 
@@ -58,7 +61,24 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
     batch = {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
     if "x_b" in model.needs:  # a second, unaligned domain
         batch["x_b"] = torch.round(torch.rand(n, *model.shape, generator=g) * 255) / 255
+    if "text" in model.needs:  # caption token ids, padded with 0 after 3..6 words
+        ids = torch.randint(2, 40, (n, 8), generator=g)
+        words = torch.randint(3, 7, (n, 1), generator=g)
+        batch["text"] = torch.where(torch.arange(8) < words, ids, 0)
+    if "attrs" in model.needs:  # one value index per attribute of genlab.data.attributes
+        from genlab.data.attributes import ATTRIBUTES
+
+        batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,), generator=g)
+                                      for v in ATTRIBUTES.values()], 1)
     return batch
+
+
+def translate_cond(model: genlab.models.GenerativeModel, n: int, seed: int = 0) -> dict:
+    """A ``translate`` target for ``n`` images: attribute rows where the model reads "attrs",
+    else the other domain."""
+    if "attrs" in model.needs:
+        return {"attrs": tiny_batch(model, n, seed)["attrs"]}
+    return {"to": "b"}
 
 
 def one_step_per_player(model: genlab.models.GenerativeModel, batch: dict) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, one_step_per_player, tiny, tiny_batch
+from conftest import TINY, one_step_per_player, tiny, tiny_batch, translate_cond
 
 import genlab
 from genlab.models.base import GenerativeModel
@@ -32,8 +32,12 @@ def test_one_step_per_player_changes_only_that_player(name):
 @pytest.mark.parametrize("shape", [(1, 4, 4), (3, 2, 3)])
 def test_sample_shape_and_range(name, shape):
     model = tiny(name, shape)
-    if not model.has("sample"):  # a translation-only model: its translations instead
-        x = model.translate(tiny_batch(model, 5)["x"], {"to": "b"}).detach()
+    if not model.has("sample"):  # translation-only models: translate in its place
+        with pytest.raises(genlab.Unsupported, match="no sample"):
+            model.sample(5)
+        source = tiny_batch(model, 5)["x"]
+        x = model.translate(source, translate_cond(model, 5)).detach()
+        assert x.shape == source.shape
     else:
         x = model.sample(5)
     assert x.shape == (5, *shape)
@@ -81,11 +85,12 @@ def test_save_load_gives_identical_outputs(name, tmp_path):
     assert type(loaded) is type(model) and loaded.shape == model.shape
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
-    torch.manual_seed(3)
-    s1 = model.sample(4) if model.has("sample") else model.translate(batch["x"], {"to": "b"})
-    torch.manual_seed(3)
-    s2 = loaded.sample(4) if model.has("sample") else loaded.translate(batch["x"], {"to": "b"})
-    assert torch.equal(s1, s2)
+    drawn = []
+    for m in (model, loaded):
+        torch.manual_seed(3)
+        drawn.append(m.sample(4) if m.has("sample")
+                     else m.translate(batch["x"][:4], translate_cond(m, 4)))
+    assert torch.equal(drawn[0], drawn[1])
     if model.has("log_prob"):
         torch.manual_seed(4)
         a = model.log_prob(batch["x"])
@@ -137,11 +142,11 @@ def test_log_prob_and_encode_are_detached_outside_training(name, tmp_path):
     caps = [c for c in ("log_prob", "encode", "translate") if model.has(c)]
     assert caps, f"{name} has neither log_prob, encode nor translate: drop it from this test"
     x = tiny_batch(model, 4)["x"]
+    args = {"translate": (translate_cond(model, 4),)}
     model.save(tmp_path / "run")
     for m in (model.eval(), genlab.load(tmp_path / "run")):
         for capability in caps:
-            args = (x, {"to": "b"}) if capability == "translate" else (x,)
-            out = getattr(m, capability)(*args)
+            out = getattr(m, capability)(x, *args.get(capability, ()))
             assert not out.requires_grad and out.grad_fn is None, f"{name}.{capability}"
     if model.has("log_prob") and model.exact:  # exact log_prob is the training loss itself
         assert model.train().log_prob(x).requires_grad

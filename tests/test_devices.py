@@ -255,7 +255,8 @@ def _exercise(model: genlab.models.GenerativeModel, batch: dict) -> list[torch.T
     if model.has("sample"):
         outs.append(model.sample(3))
     if model.has("translate"):
-        outs.append(model.translate(batch["x"], {"to": "b"}))
+        cond = {"attrs": batch["attrs"]} if "attrs" in batch else {"to": "b"}  # on its device
+        outs.append(model.translate(batch["x"], cond))
     if isinstance(model, PixelAutoregressive):
         outs.append(model.reference_sample(2))
     if model.has("log_prob"):

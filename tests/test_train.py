@@ -15,7 +15,8 @@ from conftest import TINY, tiny
 from torch import nn
 
 import genlab
-from genlab.data import synthetic
+from genlab.data import Dataset, synthetic
+from genlab.data.captions import tokenize
 from genlab.models.base import GenerativeModel
 from genlab.train import TrainingError, fit, parse_duration
 
@@ -124,12 +125,19 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan"])
+@pytest.mark.parametrize(
+    "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan",
+             "stargan"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     # progan grows 4x4 -> 8x8 on 8x8 images; its tiny phase of 96 images (12 steps of 8) puts
     # the kill at step 17 mid-fade, with the checkpoint of step 10 still at 4x4.
     shape = (1, 8, 8) if name == "progan" else (1, 4, 4)
     data = synthetic("bars", n=64, shape=shape, seed=1)
+    if "text" in genlab.MODELS[name].needs:  # a caption per image, by its label
+        texts = [["a red one", "a thin blue two"][int(y)] for y in data.y]
+        data = Dataset(data.x, data.y, data.name, fields={"text": tokenize(texts)})
+    if "attrs" in genlab.MODELS[name].needs:  # a translation model reads attribute rows too
+        data = Dataset(data.x, fields={"attrs": torch.arange(64 * 6).view(64, 6) % 2})
     kw = dict(steps=30, batch_size=8, ckpt_every=10, log_every=1, progress=False, seed=5, lr=1e-2)
 
     full = tiny(name, shape)

@@ -15,18 +15,22 @@ from genlab.models.conv_vae import ConvVAE
 from genlab.models.cyclegan import CycleGAN
 from genlab.models.dcgan import DCGAN
 from genlab.models.gan import GAN
+from genlab.models.infogan import InfoGAN
 from genlab.models.made import MADE
 from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genlab.models.progan import ProGAN
 from genlab.models.rnade import RNADE
+from genlab.models.stargan import StarGAN
+from genlab.models.text2image import Text2Image
 from genlab.models.vae import VAE
 
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
-                DCGAN, ProGAN, CycleGAN, RowLSTM, DiagonalBiLSTM, PixelCNN, GatedPixelCNN)
+                DCGAN, InfoGAN, ProGAN, CycleGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
+                GatedPixelCNN, StarGAN, Text2Image)
 }
 
 

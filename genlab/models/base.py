@@ -182,8 +182,9 @@ class GenerativeModel(Trainable):
         ``cond`` carries conditioning as a dict: for completion/inpainting
         ``{"x": (n, C, H, W) image, "mask": (n, C, H, W) bool, True where the pixel is given}``;
         class labels come as ``"y"`` and other conditions under their batch keys.
+        Translation-only models (which need a source image) do not define it.
         """
-        raise NotImplementedError
+        raise Unsupported(_unsupported_message(self, "sample"))
 
     def pictures(self, folder: Path, data: Any) -> list[Path]:
         """Figures of a finished run that only this model can draw (a 2-D code scatter, a

@@ -1,0 +1,398 @@
+"""Generative adversarial text-to-image synthesis (Reed et al. 2016, arXiv:1605.05396).
+
+A DCGAN whose generator and discriminator both read a sentence. The sentence is encoded to a
+vector t; the generator compresses t (a linear layer + LeakyReLU to ``proj`` dims), appends it
+to the noise z and draws the image from that. The discriminator looks at the image through
+stride-2 convolutions down to a 4x4 map, tiles its own compression of t over that map,
+concatenates, and a 1x1 then a 4x4 convolution give one logit: "is this a real image *of this
+sentence*?".
+
+GAN-CLS (matching-aware D). A plain conditional D only learns "real or fake"; it never has to
+check that the image fits the text, so G gets no signal to follow the text. Reed et al. add a
+third kind of input: a real image with a *wrong* sentence (here: the batch's sentences shifted
+by one, a permutation without fixed points), which D must call fake. D's loss is
+
+    -log D(x, t) - (log(1 - D(x, t_wrong)) + log(1 - D(G(z, t), t))) / 2.
+
+GAN-INT. Sentences are sparse points in embedding space; G also draws images for points
+between them, t_int = beta * t1 + (1 - beta) * t2 (beta 0.5, t2 the shifted batch), and is
+asked only that D find them real for t_int (there is no real image for such a text, so D gets
+no term for it). This fills the embedding manifold between captions: here it is what lets
+held-out (digit, colour) combinations be drawn from pieces seen apart.
+
+The text encoder. The paper pre-trains a char-CNN-RNN with a structured joint embedding on
+images' features. Here a word-level encoder (an embedding of :data:`~genlab.data.captions.VOCAB`
+ids, two 1-D convolutions of width 3, a masked mean over the words) is trained *jointly*, by
+the discriminator's GAN-CLS loss alone: telling right from wrong sentences for real images is
+exactly a matching objective, so no separate pre-training stage (nor a second image encoder)
+is needed, and everything stays inside one run. It belongs to player "d"; G's step reads the
+embedding detached (G could otherwise move the text encoder to make its fakes easier to pass,
+and the conformance rule is that a player's step changes only its own weights). Convolutions
+rather than a GRU: captions here are short attribute phrases in several word orders, a
+width-3 window already tells "red ... on white" (background) from "white" (stroke colour),
+and convolutions are cheaper on a CPU.
+
+Sampling: ``sample(n, cond={"text": [n strings]})`` tokenizes with
+:func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a
+fixed pool of 1024 random training-like captions (:func:`random_captions`: digit and
+attributes drawn uniformly, phrased by :func:`genlab.data.captions.caption`), so it may be a
+held-out pair. Images are RGB in [0, 1] (tanh outputs rescaled).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.data import captions
+from genlab.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
+from genlab.models.adversarial import Adversarial
+from genlab.nn import ConvDiscriminator, ConvGenerator, frozen
+
+
+@dataclass
+class Text2ImageConfig:
+    latent: int = 100  # noise dims
+    width: int = 64  # channels of G's last / D's first convolution (DCGAN)
+    words: int = 128  # word embedding dims
+    text: int = 256  # sentence embedding dims (the text encoder's output)
+    proj: int = 128  # compressed text embedding appended to z / tiled over D's 4x4 map
+    beta: float = 0.5  # GAN-INT: t_int = beta * t + (1 - beta) * t_shifted
+    interpolation: float = 1.0  # weight of G's GAN-INT term (0: GAN-CLS only)
+    slope: float = 0.2  # LeakyReLU slope (D and the text compressions)
+    ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
+
+
+# ---- the text side ------------------------------------------------------------------------------
+
+
+class TextEncoder(nn.Module):
+    """ids (B, L) int64, PAD = 0 -> sentence embedding (B, text): word embeddings, two width-3
+    1-D convolutions, the mean over the non-pad words."""
+
+    def __init__(self, words: int, text: int, slope: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(len(captions.VOCAB), words, padding_idx=captions.PAD)
+        self.convs = nn.Sequential(
+            nn.Conv1d(words, text, 3, padding=1), nn.LeakyReLU(slope),
+            nn.Conv1d(text, text, 3, padding=1), nn.LeakyReLU(slope),
+        )
+
+    def forward(self, ids: Tensor) -> Tensor:
+        mask = (ids != captions.PAD).unsqueeze(1)  # (B, 1, L)
+        h = self.convs(self.embed(ids).transpose(1, 2)) * mask  # (B, text, L)
+        return h.sum(2) / mask.sum(2).clamp(min=1)  # (B, text)
+
+
+def compression(text: int, proj: int, slope: float) -> nn.Module:
+    """The paper's text compression: linear + LeakyReLU, (B, text) -> (B, proj)."""
+    return nn.Sequential(nn.Linear(text, proj), nn.LeakyReLU(slope))
+
+
+def shifted(n: int, device: torch.device | None = None) -> Tensor:
+    """(n,) indices i -> i + 1 mod n: the batch's "wrong" texts, a permutation without fixed
+    points for n >= 2 (for n = 1 there is no other text; the row is its own pair)."""
+    return torch.roll(torch.arange(n, device=device), -1)
+
+
+def interpolate(t: Tensor, beta: float) -> Tensor:
+    """GAN-INT embeddings (B, E): beta * t + (1 - beta) * t[shifted]."""
+    return beta * t + (1 - beta) * t[shifted(t.shape[0], t.device)]
+
+
+def matching_d_loss(real_right: Tensor, real_wrong: Tensor, fake_right: Tensor) -> Tensor:
+    """GAN-CLS discriminator loss from logits (B,): -log D(x, t) - (log(1 - D(x, t_wrong)) +
+    log(1 - D(G(z, t), t))) / 2, with log sigmoid(s) = -softplus(-s)."""
+    return (F.softplus(-real_right).mean()
+            + (F.softplus(real_wrong).mean() + F.softplus(fake_right).mean()) / 2)
+
+
+def matching_g_loss(fake_right: Tensor, fake_between: Tensor | None = None,
+                    weight: float = 1.0) -> Tensor:
+    """G's non-saturating loss -log D(G(z, t), t), plus ``weight`` times the GAN-INT term
+    -log D(G(z', t_int), t_int) when logits for interpolated texts are given."""
+    loss = F.softplus(-fake_right).mean()
+    if fake_between is not None:
+        loss = loss + weight * F.softplus(-fake_between).mean()
+    return loss
+
+
+def random_captions(n: int, seed: int = 0) -> list[str]:
+    """``n`` training-like captions: digit and each attribute uniform, phrased (template,
+    synonyms, what goes unsaid) exactly as the mnist-captions data phrases its images."""
+    g = torch.Generator().manual_seed(seed)
+    digits = [str(d) for d in range(10)]
+    out = []
+    for _ in range(n):
+        label = int(torch.randint(0, 10, (1,), generator=g))
+        attrs = torch.tensor([int(torch.randint(0, len(ATTRIBUTES[k]), (1,), generator=g))
+                              for k in ATTRIBUTE_NAMES])
+        out.append(captions.caption(label, attrs, g, digits))
+    return out
+
+
+POOL = 1024  # random captions sample(n) draws from without a text
+
+
+@functools.cache
+def _pool() -> Tensor:
+    with torch.device("cpu"):  # also when a model is built on the meta device (genlab.load)
+        return captions.tokenize(random_captions(POOL))  # (POOL, MAX_WORDS)
+
+
+# ---- the two networks ---------------------------------------------------------------------------
+
+
+class _Generator(nn.Module):
+    """(z (B, latent), t (B, text)) -> images (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, shape: tuple[int, int, int], config: Text2ImageConfig) -> None:
+        super().__init__()
+        self.compress = compression(config.text, config.proj, config.slope)
+        self.net = ConvGenerator(config.latent + config.proj, shape, config.width)
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        return torch.tanh(self.net(torch.cat([z, self.compress(t)], 1)))
+
+
+class _Discriminator(nn.Module):
+    """(x (B, C, H, W) in [-1, 1], t (B, text)) -> one logit (B,): D's 4x4 image map with the
+    compressed text tiled over it, a 1x1 convolution, then one over the whole map."""
+
+    def __init__(self, shape: tuple[int, int, int], config: Text2ImageConfig) -> None:
+        super().__init__()
+        self.image = ConvDiscriminator(shape, config.width, slope=config.slope)
+        self.image.head = nn.Identity()  # the image-only logit is replaced by the joint one
+        halvings = sum(isinstance(m, nn.Conv2d) for m in self.image.body)
+        self.side = self.image.side >> halvings  # 4 (2 on tiny images)
+        chans = self.image.out_dim // self.side**2
+        self.compress = compression(config.text, config.proj, config.slope)
+        self.joint = nn.Sequential(
+            nn.Conv2d(chans + config.proj, chans, 1), nn.LeakyReLU(config.slope),
+            nn.Conv2d(chans, 1, self.side),
+        )
+
+    def image_map(self, x: Tensor) -> Tensor:
+        return self.image.feature_map(x)  # (B, F, 4, 4)
+
+    def judge(self, fmap: Tensor, t: Tensor) -> Tensor:
+        """Logits (B,) of image maps (B, F, s, s) paired with texts t (B, text)."""
+        c = self.compress(t)[:, :, None, None].expand(-1, -1, *fmap.shape[2:])  # (B, proj, s, s)
+        return self.joint(torch.cat([fmap, c], 1)).flatten()
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.judge(self.image_map(x), t)
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+
+class Text2Image(Adversarial):
+    """GAN-CLS + GAN-INT on RGB images in [0, 1] with captions (batch field ``text``)."""
+
+    name = "text2image"
+    paper = "Reed et al. 2016, Generative Adversarial Text to Image Synthesis (arXiv:1605.05396)"
+    Config = Text2ImageConfig
+    data_kind = "grey"
+    needs = ("x", "text")
+    conditions = ("text",)
+    # D owns the text encoder (trained by the matching-aware loss) and its own compression;
+    # G owns its compression and the image generator.
+    owners = {"d": ("text_encoder", "discriminator"), "g": ("generator",)}
+    presets = {
+        # mnist-captions (3x32x32) on one CPU core: a small DCGAN (width 32), batch 64, about
+        # 0.2 s a step idle (18 min on the shared machine). After 3000 steps D tells right from
+        # wrong captions (D(real, wrong) ~0.1 vs D(real, right) ~0.9) but G is far from done:
+        # blobs in roughly the captioned colour, the same image for every z of a caption, the
+        # classifier near chance on the digit. More steps are needed for readable digits.
+        "cpu": {
+            "data": "mnist-captions",
+            "model": {"width": 32, "words": 64, "text": 128, "proj": 64},
+            "train": {"batch_size": 64, "lr": 2e-4, "steps": 3000, "binarize": None},
+        },
+        # The paper: DCGAN 64x64, z 100, text compressed to 128, Adam lr 2e-4 beta1 0.5,
+        # batch 64, 600 epochs; its char-CNN-RNN text encoder is replaced by the word encoder.
+        "paper": {
+            "data": "mnist-captions",
+            "model": {},
+            "train": {"batch_size": 64, "lr": 2e-4, "steps": 100000, "binarize": None},
+        },
+    }
+
+    def __init__(self, shape: tuple[int, int, int], config: Text2ImageConfig | None = None) -> None:
+        config = config if config is not None else Text2ImageConfig()
+        super().__init__(shape, config)
+        if min(config.latent, config.width, config.words, config.text, config.proj) < 1:
+            raise ValueError("latent, width, words, text and proj must be at least 1")
+        if not 0.0 <= config.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {config.beta}")
+        self.text_encoder = TextEncoder(config.words, config.text, config.slope)
+        self.generator = _Generator(self.shape, config)
+        self.discriminator = _Discriminator(self.shape, config)
+        # Token ids (POOL, MAX_WORDS) of the captions `sample` draws from when given no text;
+        # a buffer, so it sits on the model's device, but not saved (it is always the same).
+        self.register_buffer("pool", _pool().clone(), persistent=False)
+        self.keep_average()
+
+    def _noise(self, n: int, device: torch.device) -> Tensor:
+        return torch.randn(n, self.config.latent, device=device)  # (n, latent)
+
+    # ---- the training protocol (players "d" and "g", Adam beta1 0.5: Adversarial) ---------
+    def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
+        x = batch["x"]
+        self.check_input(x)
+        ids = batch["text"]  # (B, L) token ids
+        b = x.shape[0]
+        wrong = shifted(b, x.device)
+        if player == "d":
+            t = self.text_encoder(ids)  # (B, text), trained by this loss
+            with torch.no_grad():  # D's step must not build (or backprop into) G's graph
+                fake = self.generator(self._noise(b, x.device), t.detach())
+            real_map = self.discriminator.image_map(x * 2 - 1)  # (B, F, 4, 4)
+            real_right = self.discriminator.judge(real_map, t)  # (B,)
+            real_wrong = self.discriminator.judge(real_map, t[wrong])  # (B,)
+            fake_right = self.discriminator(fake, t)  # (B,)
+            loss = matching_d_loss(real_right, real_wrong, fake_right)
+            return loss, {"d_real": float(torch.sigmoid(real_right).detach().mean()),
+                          "d_wrong": float(torch.sigmoid(real_wrong).detach().mean()),
+                          "d_fake": float(torch.sigmoid(fake_right).detach().mean())}
+        if player == "g":
+            with torch.no_grad():  # the text encoder is D's: G reads its output as data
+                t = self.text_encoder(ids)
+            with frozen(self.discriminator):  # G's step must not touch D's weights
+                fake_right = self.discriminator(self.generator(self._noise(b, x.device), t), t)
+                between = None
+                if self.config.interpolation > 0:
+                    t_int = interpolate(t, self.config.beta)  # (B, text)
+                    between = self.discriminator(
+                        self.generator(self._noise(b, x.device), t_int), t_int)
+            loss = matching_g_loss(fake_right, between, self.config.interpolation)
+            return loss, {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
+        raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+
+    # ---- sampling -----------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> Tensor:
+        """Sentence embeddings (n, text) of raw strings, tokenized as training was."""
+        return self.text_encoder(captions.tokenize(list(texts)).to(self.device))
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: dict[str, Any] | None = None) -> Tensor:
+        """``n`` images (n, C, H, W) in [0, 1] for ``cond["text"]`` (a list of n strings), or
+        for ``n`` random training-like captions when no text is given."""
+        texts = (cond or {}).get("text")
+        if texts is None:  # random training-like captions, from the fixed pool
+            ids = self.pool[torch.randint(0, len(self.pool), (n,), device=self.device)]
+            return (self.sampler(self._noise(n, self.device), self.text_encoder(ids)) + 1) / 2
+        if isinstance(texts, str):
+            texts = [texts] * n
+        if len(texts) != n:
+            raise ValueError(f"cond['text'] must hold {n} strings (one per image), "
+                             f"got {len(texts)}")
+        t = self.embed(texts)  # (n, text)
+        return (self.sampler(self._noise(n, self.device), t) + 1) / 2
+
+    # ---- capabilities -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """D's 4x4 image map flattened (B, F): features learned by matching images to text."""
+        self.check_input(x)
+        return self.discriminator.image_map(x * 2 - 1).flatten(1)
+
+    # ---- pictures -----------------------------------------------------------------------------
+    def pictures(self, folder: Path, data: Any) -> list[Path]:
+        """``captions.png``: 8 samples for each of :data:`PICTURE_CAPTIONS` (half of them
+        held-out (digit, colour) pairs), one labelled row per caption."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from genlab.images import grid
+
+        k = 8
+        texts = [t for t in PICTURE_CAPTIONS for _ in range(k)]
+        x = self.sample(len(texts), cond={"text": texts}).float().cpu()  # (10 k, C, H, W)
+        fig, axes = plt.subplots(len(PICTURE_CAPTIONS), 1, figsize=(9, 1.1 * len(texts) / k))
+        for i, (ax, text) in enumerate(zip(axes, PICTURE_CAPTIONS, strict=True)):
+            ax.imshow(grid(x[i * k:(i + 1) * k], nrow=k), interpolation="nearest")
+            ax.set_axis_off()
+            ax.text(-4, x.shape[-2] / 2, f"{text}\n({_tag(text)})", ha="right", va="center",
+                    fontsize=9)
+        fig.subplots_adjust(left=0.3, right=0.99, top=0.99, bottom=0.01, hspace=0.15)
+        path = Path(folder) / "captions.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return [path]
+
+
+def _heldout_caption(digit: int) -> str:
+    colour = ATTRIBUTES["colour"][dict(captions.HELDOUT)[digit]]
+    return f"a {colour} {captions.DIGIT_WORDS[digit]}"
+
+
+# Ten fixed captions: five combinations seen in training, five held out (captions.HELDOUT).
+PICTURE_CAPTIONS: list[str] = [
+    "a red seven", "a thick blue two", "a thin green zero on white", "a large yellow four",
+    "a white one tilted left",
+    *(_heldout_caption(d) for d in (0, 3, 5, 8, 9)),
+]
+
+
+def _tag(text: str) -> str:
+    words = captions.words(text)
+    digit = next(d for d, w in enumerate(captions.DIGIT_WORDS) if w in words)
+    colour = next(i for i, c in enumerate(ATTRIBUTES["colour"]) if c in words)
+    return "held out" if (digit, colour) in captions.HELDOUT else "seen"
+
+
+# ---- measures: does a sample show what its caption says? ----------------------------------------
+
+
+def caption_accuracy(predicted: dict[str, Tensor], wanted: dict[str, Tensor],
+                     heldout: Tensor) -> dict[str, float]:
+    """Accuracies of a classifier's ``predicted`` heads (each (N,) int64: "digit", "colour",
+    "thickness", ...) against the ``wanted`` values of the captions the N samples were drawn
+    for (same keys; -1 where the caption does not say), split by ``heldout`` (N,) bool:
+    ``{"heldout_digit": ..., "seen_digit": ..., "heldout_colour": ...}`` over the rows whose
+    caption names that attribute (NaN where no row does)."""
+    out = {}
+    for key, want in wanted.items():
+        hit = (predicted[key] == want).float()
+        said = want >= 0
+        for split, rows in (("heldout", heldout), ("seen", ~heldout)):
+            rows = rows & said
+            out[f"{split}_{key}"] = float(hit[rows].mean()) if bool(rows.any()) else float("nan")
+    return out
+
+
+def caption_targets(data: Any) -> dict[str, Tensor]:
+    """What each caption of a mnist-captions Dataset says: digit, colour, and thickness (-1
+    where the caption leaves the thickness unsaid, i.e. normal and not mentioned)."""
+    thickness = data.attrs[:, ATTRIBUTE_NAMES.index("thickness")].clone()
+    named = torch.tensor([any(w in captions.words(c) for w in _THICKNESS_WORDS)
+                          for c in data.caption])
+    thickness[~named] = -1
+    return {"digit": data.y.clone(), "colour": data.attrs[:, ATTRIBUTE_NAMES.index("colour")],
+            "thickness": thickness}
+
+
+_THICKNESS_WORDS = {w for ps in captions.PHRASES["thickness"].values() for p in ps
+                    for w in p.split()}
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features a (N, F) and b (M, F):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = (torch.atleast_2d(torch.cov(f.T)) for f in (a, b))  # (F, F)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+    middle = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * middle)

@@ -1,0 +1,148 @@
+"""text2image (Reed et al. 2016): GAN-CLS and GAN-INT losses on hand-set logits, the wrong-text
+permutation, the text encoder's shapes, conditional sampling, the CLI --text path, measures."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny, tiny_batch
+
+import genlab
+from genlab.data import Dataset, synthetic
+from genlab.data.captions import MAX_WORDS, VOCAB, tokenize
+from genlab.models.text2image import (
+    POOL,
+    caption_accuracy,
+    interpolate,
+    matching_d_loss,
+    matching_g_loss,
+    random_captions,
+    shifted,
+)
+from genlab.train import fit
+
+
+def log_sigmoid(s: float) -> float:
+    return math.log(1 / (1 + math.exp(-s)))
+
+
+def test_matching_d_loss_on_hand_set_logits():
+    rr, rw, fr = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 3.0]), torch.tensor([-2.0, 1.0])
+    want = 0.0
+    for i in range(2):  # -log D(x,t) - (log(1 - D(x,t')) + log(1 - D(G,t))) / 2, per row
+        want += -log_sigmoid(float(rr[i]))
+        want += -(log_sigmoid(-float(rw[i])) + log_sigmoid(-float(fr[i]))) / 2
+    assert float(matching_d_loss(rr, rw, fr)) == pytest.approx(want / 2, rel=1e-6)
+    # A D that is sure and right has a loss near 0; calling wrong texts real costs it.
+    sure = torch.full((3,), 20.0)
+    assert float(matching_d_loss(sure, -sure, -sure)) < 1e-6
+    assert float(matching_d_loss(sure, sure, -sure)) == pytest.approx(10.0, rel=1e-4)
+
+
+def test_generator_loss_and_the_interpolation_term():
+    fake, between = torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 2.0])
+    plain = -(log_sigmoid(0.0) + log_sigmoid(1.0)) / 2
+    extra = -(log_sigmoid(-1.0) + log_sigmoid(2.0)) / 2
+    assert float(matching_g_loss(fake)) == pytest.approx(plain, rel=1e-6)
+    assert float(matching_g_loss(fake, between, 0.5)) == pytest.approx(plain + 0.5 * extra,
+                                                                       rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 64])
+def test_wrong_texts_are_a_permutation_without_fixed_points(n):
+    p = shifted(n)
+    assert sorted(p.tolist()) == list(range(n))
+    assert not bool((p == torch.arange(n)).any())
+
+
+def test_interpolated_embeddings_mix_each_text_with_the_shifted_one():
+    t = torch.tensor([[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]])
+    want = torch.tensor([[2.0, 4.0], [6.0, 8.0], [4.0, 6.0]])  # halfway to the next row
+    assert torch.equal(interpolate(t, 0.5), want)
+    assert torch.equal(interpolate(t, 1.0), t)
+
+
+def test_tokenize_and_encode_shapes():
+    model = tiny("text2image")
+    ids = tokenize(["a thick red seven", "a 3"])
+    assert ids.shape == (2, MAX_WORDS) and ids.dtype == torch.long
+    t = model.text_encoder(ids)
+    assert t.shape == (2, model.config.text)
+    # Padding does not change a sentence's embedding (the mean is over its words only).
+    longer = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], 1)
+    assert torch.allclose(model.text_encoder(longer), t, atol=1e-6)
+    assert model.pool.shape == (POOL, MAX_WORDS) and int(model.pool.max()) < len(VOCAB)
+    assert len(set(random_captions(50))) > 25
+
+
+def test_sample_follows_the_text():
+    model = tiny("text2image", (3, 4, 4)).eval()
+    texts = ["a thick red seven"] * 3 + ["a thin blue one on white"] * 3
+    torch.manual_seed(1)
+    x = model.sample(6, cond={"text": texts})
+    assert x.shape == (6, 3, 4, 4) and float(x.min()) >= 0 and float(x.max()) <= 1
+    # Same noise, other texts: other images, so the text reaches the generator.
+    torch.manual_seed(1)
+    y = model.sample(6, cond={"text": texts[::-1]})
+    assert not torch.allclose(x, y)
+    with pytest.raises(ValueError, match="must hold 4 strings"):
+        model.sample(4, cond={"text": texts})
+    # Every step of G reads the text: its gradient reaches G's text compression.
+    batch = tiny_batch(model)
+    loss, _ = model.loss(batch, "g")
+    loss.backward()
+    assert model.generator.compress[0].weight.grad.abs().sum() > 0
+    assert model.text_encoder.embed.weight.grad is None  # the encoder is D's
+
+
+def test_d_step_trains_the_text_encoder():
+    model = tiny("text2image")
+    loss, logs = model.loss(tiny_batch(model), "d")
+    loss.backward()
+    assert model.text_encoder.embed.weight.grad.abs().sum() > 0
+    assert set(logs) == {"d_real", "d_wrong", "d_fake"}
+
+
+def test_caption_accuracy_on_hand_made_predictions():
+    predicted = {"digit": torch.tensor([7, 1, 2, 3]), "colour": torch.tensor([0, 0, 5, 5])}
+    wanted = {"digit": torch.tensor([7, 2, 2, 3]), "colour": torch.tensor([0, -1, 5, 4])}
+    heldout = torch.tensor([True, True, False, False])
+    acc = caption_accuracy(predicted, wanted, heldout)
+    assert acc["heldout_digit"] == 0.5 and acc["seen_digit"] == 1.0
+    assert acc["heldout_colour"] == 1.0  # row 1 says no colour: not counted
+    assert acc["seen_colour"] == 0.5
+
+
+def test_cli_sample_with_text_on_a_tiny_trained_run(tmp_path):
+    data = synthetic("blobs", n=16, shape=(3, 4, 4), seed=1)
+    texts = ["a red one" if int(y) % 2 else "a thin blue two" for y in data.y]
+    data = Dataset(data.x, data.y, data.name, fields={"text": tokenize(texts)})
+    torch.manual_seed(0)
+    model = genlab.create("text2image", shape=(3, 4, 4), latent=4, width=4, words=4, text=6,
+                          proj=3)
+    fit(model, data, steps=3, batch_size=4, out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "captions.png").exists()
+    out = tmp_path / "s.png"
+    cmd = [sys.executable, "-m", "genlab.cli", "sample", str(tmp_path / "run"), "--text",
+           "a thick red seven", "--text", "a green zero", "-n", "3", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+
+
+def test_frechet_distance_against_closed_forms():
+    from genlab.models.text2image import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, rel=1e-6)  # 3 dims * 2^2
+    # One dimension: (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2.
+    x = torch.randn(4000, 1, generator=g)
+    b = 3 * x + 1
+    want = (float(x.mean()) - float(b.mean())) ** 2 + (float(x.std()) - float(b.std())) ** 2
+    assert frechet_distance(x, b) == pytest.approx(want, rel=1e-6)
