@@ -817,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--lr", type=_positive_float)
     s.add_argument("--clip", type=_positive_float, help="clip the gradient norm to this")
-    s.add_argument("--schedule", choices=("constant", "cosine"))
+    s.add_argument("--schedule", choices=("constant", "cosine", "linear"))
     s.add_argument("--seed", type=int)
     s.add_argument("--binarize", choices=("static", "dynamic", "threshold"))
     s.add_argument(

@@ -352,7 +352,8 @@ def fit(
 ) -> History:
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
-    ``schedule`` is "constant" or "cosine" (decays to 0 over the step or time budget).
+    ``schedule`` is "constant", "cosine" (decays to 0 over the step or time budget) or "linear"
+    (constant for the first half, then linearly to 0).
     ``val_data`` is scored by :func:`evaluator_for` every ``val_every`` steps: held-out NLL for
     likelihood models ("val_loss"), FID of ``fid_samples`` samples for samplers whose data has
     a feature network ("val_fid"); ``patience``: stop after that many validations without
@@ -377,8 +378,8 @@ def fit(
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
         raise ValueError("give a step budget (steps=...) or a time budget (time_budget='10m')")
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown schedule {schedule!r}: use constant or cosine")
+    if schedule not in ("constant", "cosine", "linear"):
+        raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine or linear")
     if sample_every is not None and sample_every < 0:
         raise ValueError(f"sample_every must be 0 (no grids) or more, got {sample_every}")
     ckpt_steps, ckpt_seconds = parse_interval(ckpt_every)
@@ -567,6 +568,8 @@ def _lr_factor(
     if schedule == "constant":
         return 1.0
     frac = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+    if schedule == "linear":  # constant for the first half, then linearly to 0 (CycleGAN)
+        return min(1.0, 2 * (1 - min(frac, 1.0)))
     return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine, to 0 at the end
 
 

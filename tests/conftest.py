@@ -18,6 +18,7 @@ TINY: dict[str, dict] = {
     "vae": {"hidden": [16], "latent": 3},
     "conv_vae": {"latent": 3, "width": 4},
     "gan": {"latent": 4, "hidden": [16, 16]},
+    "cyclegan": {"width": 4, "blocks": 1, "d_width": 4, "pool": 6},
     "aae": {"latent": 2, "hidden": [16], "d_hidden": [8]},
     "infogan": {"noise": 3, "categories": 3, "continuous": 2, "width": 4, "q_hidden": 6},
     "pixelcnn": {"channels": 3, "blocks": 1, "kernel": 3},
@@ -58,6 +59,8 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
     else:  # grey data arrives as 8-bit values / 255
         x = torch.round(x * 255) / 255
     batch = {"x": x, "y": torch.randint(0, 10, (n,), generator=g)}
+    if "x_b" in model.needs:  # a second, unaligned domain
+        batch["x_b"] = torch.round(torch.rand(n, *model.shape, generator=g) * 255) / 255
     if "text" in model.needs:  # caption token ids, padded with 0 after 3..6 words
         ids = torch.randint(2, 40, (n, 8), generator=g)
         words = torch.randint(3, 7, (n, 1), generator=g)

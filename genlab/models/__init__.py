@@ -12,6 +12,7 @@ from genlab.models.aae import AAE
 from genlab.models.base import GenerativeModel, RunError, Unsupported, load
 from genlab.models.baselines import FullJoint, Independent, Markov
 from genlab.models.conv_vae import ConvVAE
+from genlab.models.cyclegan import CycleGAN
 from genlab.models.dcgan import DCGAN
 from genlab.models.gan import GAN
 from genlab.models.infogan import InfoGAN
@@ -28,7 +29,7 @@ from genlab.models.vae import VAE
 MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
-                DCGAN, InfoGAN, ProGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
+                DCGAN, InfoGAN, ProGAN, CycleGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
                 GatedPixelCNN, StarGAN, Text2Image)
 }
 
