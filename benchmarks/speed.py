@@ -110,6 +110,13 @@ def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.T
         from genlab.data.captions import MAX_WORDS, VOCAB
 
         batch["text"] = torch.randint(2, len(VOCAB), (n, MAX_WORDS))
+    if "x_b" in model.needs:  # a second domain (cyclegan)
+        batch["x_b"] = torch.round(torch.rand(n, *model.shape) * 255) / 255
+    if "attrs" in model.needs:  # attribute rows (stargan)
+        from genlab.data.attributes import ATTRIBUTES
+
+        batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,))
+                                      for v in ATTRIBUTES.values()], 1)
     return batch
 
 
