@@ -361,7 +361,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
     msg = f"stopped after {history.step} steps ({history.stopped}, {history.elapsed:.0f} s)"
     if history.best_val is not None:
-        msg += f"; best validation loss {history.best_val:.2f} nats"
+        msg += (f"; best validation loss {history.best_val:.2f} nats" if model.has("log_prob")
+                else f"; best validation FID {history.best_val:.2f}")
     print(msg)
     print(f"run saved in {out}; samples in {out / 'samples'}")
 
