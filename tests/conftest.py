@@ -32,6 +32,24 @@ TINY: dict[str, dict] = {
 }
 
 
+class Crash(Exception):
+    """What a model made to die mid-run by :func:`crash_at` raises."""
+
+
+def crash_at(model: genlab.models.GenerativeModel, step: int) -> genlab.models.GenerativeModel:
+    """``model``, made to raise :class:`Crash` when ``fit`` reaches ``step`` (pick one between
+    two checkpoints, so resuming has steps to redo)."""
+    real = model.on_step
+
+    def on_step(s: int) -> None:
+        if s == step:
+            raise Crash
+        real(s)
+
+    model.on_step = on_step
+    return model
+
+
 def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.GenerativeModel:
     torch.manual_seed(0)
     return genlab.create(name, shape=shape, **TINY[name])

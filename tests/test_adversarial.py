@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import Crash, crash_at
 from torch import nn
 
 import genlab
@@ -148,18 +149,7 @@ def test_the_average_is_saved_loaded_and_resumed_exactly(tmp_path):
     genlab.fit(full, data, out=tmp_path / "full", **kw)
     assert json.loads((tmp_path / "full/config.json").read_text())["model_config"]["ema"] == 0.9
 
-    class Crash(Exception):
-        pass
-
-    crashed = ema_gan()
-    real = crashed.on_step
-
-    def on_step(step):
-        if step == 17:
-            raise Crash
-        real(step)
-
-    crashed.on_step = on_step
+    crashed = crash_at(ema_gan(), 17)
     with pytest.raises(Crash):
         genlab.fit(crashed, data, out=tmp_path / "run", **kw)
     resumed = ema_gan()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, tiny, tiny_batch
+from conftest import TINY, Crash, crash_at, tiny, tiny_batch
 from torch import nn
 
 import genlab
@@ -125,9 +125,6 @@ def _two_domains(n: int = 64) -> Dataset:
                    unaligned=("x_b", "y_b"))
 
 
-class Crash(Exception):
-    pass
-
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     data = _two_domains()
@@ -136,15 +133,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     full = tiny("cyclegan")
     genlab.fit(full, data, out=tmp_path / "full", **kw)
     assert int(full.history_a.count) == 6
-    crashed = tiny("cyclegan")
-    real = crashed.on_step
-
-    def on_step(step):
-        if step == 17:
-            raise Crash
-        real(step)
-
-    crashed.on_step = on_step
+    crashed = crash_at(tiny("cyclegan"), 17)
     with pytest.raises(Crash):
         genlab.fit(crashed, data, out=tmp_path / "run", **kw)
     resumed = tiny("cyclegan")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, tiny
+from conftest import TINY, Crash, crash_at, tiny
 
 import genlab
 from genlab.data import Dataset, load
@@ -81,9 +81,6 @@ def test_a_sampler_without_a_feature_network_validates_nothing_and_trains():
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-class Crash(Exception):
-    pass
-
 
 @needs_mnist
 def test_resume_after_a_crash_with_fid_validation_equals_an_uninterrupted_run(mnist, tmp_path):
@@ -92,15 +89,8 @@ def test_resume_after_a_crash_with_fid_validation_equals_an_uninterrupted_run(mn
     full = gan()
     full_hist = fit(full, train, out=tmp_path / "full", **kw)
 
-    crashed = gan()
-    real = crashed.on_step
-
-    def on_step(step: int) -> None:
-        if step == 17:  # dies between checkpoints 10 and 20, after the validations at 5..15
-            raise Crash
-        real(step)
-
-    crashed.on_step = on_step
+    # Dies between checkpoints 10 and 20, after the validations at 5..15.
+    crashed = crash_at(gan(), 17)
     with pytest.raises(Crash):
         fit(crashed, train, out=tmp_path / "run", **kw)
     resumed = genlab.create("gan", shape=(1, 28, 28), **TINY["gan"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, tiny
+from conftest import TINY, Crash, crash_at, tiny
 from torch import nn
 
 import genlab
@@ -121,9 +121,6 @@ def test_run_folder_contents(tmp_path):
         fit(tiny("nade"), bars(), steps=1, out=out, progress=False)
 
 
-class Crash(Exception):
-    pass
-
 
 @pytest.mark.parametrize(
     "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan",
@@ -146,15 +143,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     full = tiny(name, shape)
     fit(full, data, out=tmp_path / "full", **kw)
 
-    crashed = tiny(name, shape)
-    real = crashed.on_step
-
-    def on_step(step):
-        if step == 17:  # dies between checkpoints 10 and 20
-            raise Crash
-        real(step)
-
-    crashed.on_step = on_step
+    crashed = crash_at(tiny(name, shape), 17)  # dies between checkpoints 10 and 20
     with pytest.raises(Crash):
         fit(crashed, data, out=tmp_path / "run", **kw)
     resumed = tiny(name, shape)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import Crash, crash_at, tiny
 from safetensors.torch import load_file
 from torch import nn
 
@@ -394,19 +394,8 @@ def test_files_get_the_umask_and_stale_temporaries_go(tmp_path):
 def test_tensorboard_shows_no_stale_curve_after_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    class Crash(Exception):
-        pass
-
     kw = dict(steps=30, batch_size=8, ckpt_every=10, log_every=1, progress=False)
-    crashed = tiny("nade")
-    real = crashed.on_step
-
-    def on_step(step):
-        if step == 17:
-            raise Crash
-        real(step)
-
-    crashed.on_step = on_step
+    crashed = crash_at(tiny("nade"), 17)
     with pytest.raises(Crash):
         fit(crashed, bars(), out=tmp_path / "run", **kw)
     fit(tiny("nade"), bars(), out=tmp_path / "run", resume=True, **kw)
