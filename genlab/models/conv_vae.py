@@ -25,7 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from genlab.models.vae import VAE
-from genlab.nn import ConvDiscriminator, ConvGenerator, discrete_log_prob, levels_index
+from genlab.nn import (
+    ConvDiscriminator,
+    ConvGenerator,
+    discrete_log_prob,
+    discrete_sample,
+    levels_index,
+)
 
 
 @dataclass
@@ -104,20 +110,14 @@ class ConvVAE(VAE):
         return discrete_log_prob(self._logits(flat), x, self.levels).to(z.dtype).view(lead)
 
     def draw(self, z: Tensor, mean: bool = False) -> Tensor:
-        logits = self._logits(z)
+        logits = self._logits(z)  # (n, C, H, W) or (n, K, C, H, W)
+        if not mean:
+            u = torch.rand(len(z), *self.shape, device=z.device)
+            return discrete_sample(logits, self.levels, u).flatten(1)  # (n, D)
         if self.levels == 2:
-            probs = torch.sigmoid(logits)
-            x = probs if mean else torch.bernoulli(probs)
-        else:
-            probs = torch.softmax(logits, 1)  # (n, K, C, H, W)
-            grid = torch.arange(self.levels, device=z.device, dtype=probs.dtype)
-            grid = grid / (self.levels - 1)
-            if mean:
-                x = torch.einsum("nkchw,k->nchw", probs, grid)
-            else:
-                k = torch.multinomial(probs.movedim(1, -1).reshape(-1, self.levels), 1)
-                x = grid[k].view(len(z), *self.shape)
-        return x.flatten(1)  # (n, D)
+            return torch.sigmoid(logits).flatten(1)
+        grid = torch.arange(self.levels, device=z.device, dtype=logits.dtype) / (self.levels - 1)
+        return torch.einsum("nkchw,k->nchw", torch.softmax(logits, 1), grid).flatten(1)
 
     def activation_width(self) -> int:
         c, h, w = self.shape
