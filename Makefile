@@ -42,57 +42,36 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
-# Fashion-MNIST comes from Debian's package: installed where apt-get is available and we are
-# root, otherwise a note (its tests skip). Never fails the set-up.
-FASHION_DIR := /usr/share/datasets/fashion-mnist
+# Debian packages the set-up installs where apt-get is available and we are root; elsewhere a
+# note says what is skipped without them. Never fails the set-up.
+# $(call debian,TEST,PACKAGES,WITHOUT): nothing to do when the shell command TEST succeeds.
+define debian
+	@if { $(1); } >/dev/null 2>&1; then \
+		echo "$(2): found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq $(2)) \
+			|| echo "note: apt-get could not install $(2); $(3)"; \
+	else \
+		echo "note: $(2) not installed (needs apt-get and root: sudo apt-get install $(2)); $(3)"; \
+	fi
+endef
+
+# Fashion-MNIST, a first-class data source.
 fashion-mnist:
-	@if [ -d $(FASHION_DIR) ]; then \
-		echo "Fashion-MNIST: found in $(FASHION_DIR)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
-			|| echo "note: apt-get could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
-	else \
-		echo "note: Fashion-MNIST not installed (needs apt-get and root: sudo apt-get install dataset-fashion-mnist); its tests will be skipped"; \
-	fi
+	$(call debian,[ -d /usr/share/datasets/fashion-mnist ],dataset-fashion-mnist,the Fashion-MNIST tests will be skipped)
 
-# The colour icons (data source "icons") are Debian's Oxygen icon theme: like Fashion-MNIST,
-# installed where apt-get and root exist, otherwise a note (their tests skip).
-ICONS_DIR := /usr/share/icons/oxygen/base/32x32
+# The colour icons (data source "icons"): Debian's Oxygen icon theme.
 icons:
-	@if [ -d $(ICONS_DIR) ]; then \
-		echo "icons: found in $(ICONS_DIR)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && apt-get install -y -qq oxygen-icon-theme) \
-			|| echo "note: apt-get could not install oxygen-icon-theme; the icons tests will be skipped"; \
-	else \
-		echo "note: the icons are not installed (needs apt-get and root: sudo apt-get install oxygen-icon-theme); their tests will be skipped"; \
-	fi
+	$(call debian,[ -d /usr/share/icons/oxygen/base/32x32 ],oxygen-icon-theme,the icons tests will be skipped)
 
-# Headless Chromium renders `genlab compare`'s report in its test (a screenshot); like
-# Fashion-MNIST: installed where apt-get and root exist, otherwise a note (the test skips).
+# Headless Chromium renders `genlab compare`'s report in its test (a screenshot).
 chromium:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
-		echo "chromium: found"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && apt-get install -y -qq chromium) \
-			|| echo "note: apt-get could not install chromium; the report rendering test will be skipped"; \
-	else \
-		echo "note: chromium not installed (needs apt-get and root: sudo apt-get install chromium); the report rendering test will be skipped"; \
-	fi
+	$(call debian,command -v chromium || command -v chromium-browser,chromium,the report rendering test will be skipped)
 
 # Fonts the typeset-digit domain (`--data mnist:typeset`) renders with; DejaVu alone still
-# works (fewer families). Like Fashion-MNIST: installed where apt-get and root exist.
-FONT_PACKAGES := fonts-dejavu-core fonts-noto-core fonts-urw-base35
+# works (fewer families).
 fonts:
-	@missing=""; for p in $(FONT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -z "$$missing" ]; then \
-		echo "fonts: found"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && apt-get install -y -qq $$missing) \
-			|| echo "note: apt-get could not install$$missing; typeset digits use the fonts present"; \
-	else \
-		echo "note: fonts not installed (sudo apt-get install$$missing); typeset digits use the fonts present"; \
-	fi
+	$(call debian,dpkg -s fonts-dejavu-core fonts-noto-core fonts-urw-base35,fonts-dejavu-core fonts-noto-core fonts-urw-base35,typeset digits use the fonts present)
 
 clean:
 	rm -rf $(VENV) runs
