@@ -94,6 +94,41 @@ def test_the_attributes_translated_are_a_setting():
         genlab.create("stargan", shape=(3, 4, 4), attributes=["hue"])
 
 
+def test_masked_generator_copies_the_input_where_its_attention_is_zero():
+    model = tiny("stargan", (3, 4, 4)).eval()
+    g = model.generator
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    c = torch.rand(2, sum(model.sizes), 4, 4)
+    with torch.no_grad():
+        g.out.weight.zero_()
+        g.out.bias.copy_(torch.tensor([0.3, -0.2, 0.1, -1e4]))  # colour channels, attention
+        assert torch.allclose(g(x, c), x)  # attention 0: the input itself, whatever c
+        g.out.bias[-1] = 1e4  # attention 1: the painted colour, tanh of the biases
+        want = torch.tanh(torch.tensor([0.3, -0.2, 0.1]))[None, :, None, None].expand_as(x)
+        assert torch.allclose(g(x, c), want)
+
+
+def test_batch_norm_passes_a_flat_colour_that_instance_norm_erases():
+    # A flat image in two colours: after instance norm the first layer's maps of a red and of
+    # a blue version differ only by sign, whereas batch norm (mixing both in one batch) keeps
+    # them apart (why the cpu preset's G uses batch norm).
+    from genlab.models.stargan import _norm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 1)
+    with torch.no_grad():  # large weights, so that the norms' epsilon does not blur the point
+        conv.weight.mul_(100)
+    mask = (torch.rand(1, 1, 6, 6) > 0.5).float()
+    red, blue = torch.tensor([1.0, -1, -1]), torch.tensor([-1.0, -1, 1])
+    x = torch.cat([(c[:, None, None] * mask + (1 - mask) * -1) for c in (red, blue)])
+    for kind, apart in (("instance", False), ("batch", True)):
+        h = _norm(kind, 8).train()(conv(x))
+        same = torch.allclose(h[0].abs(), h[1].abs(), atol=1e-3)
+        assert same != apart, kind
+    with pytest.raises(ValueError, match="norm must be"):
+        genlab.create("stargan", shape=(3, 4, 4), norm="layer")
+
+
 def test_measures_on_hand_made_predictions():
     assert attribute_accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 0])) == 0.5
     assert digit_preservation(torch.tensor([7, 7, 1]), torch.tensor([7, 1, 1])) == \
