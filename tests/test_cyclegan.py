@@ -61,6 +61,32 @@ def _reference_history(stored: list, queries: list, size: int, seed: int) -> lis
     return out
 
 
+def test_d_judges_the_translations_g_made_in_the_same_step():
+    model = tiny("cyclegan", (3, 4, 4))
+    assert model.players_at(0) == ("g", "d")
+    batch = tiny_batch(model, 3)
+    calls = []
+    for g in (model.g_ab, model.g_ba):
+        g.register_forward_hook(lambda *a: calls.append(1))
+    model.loss(batch, "g")
+    drawn_by_g = len(calls)
+    _, logs = model.loss(batch, "d")
+    assert len(calls) == drawn_by_g  # D drew nothing: it judged G's translations
+    # what it judged: G's translations, through the history (empty, so returned as they are)
+    fresh = tiny("cyclegan", (3, 4, 4))
+    fresh.load_state_dict(model.state_dict())
+    fresh.history_a.count.zero_()
+    fresh.history_b.count.zero_()
+    # a D step with no hand-over draws its own, the same translations for the same weights
+    assert fresh.take_over(batch) is None
+    _, again = fresh.loss(batch, "d")
+    assert again["d_a"] == pytest.approx(logs["d_a"], rel=1e-5)
+    assert again["d_b"] == pytest.approx(logs["d_b"], rel=1e-5)
+    # a hand-over is taken once, and only for its own batch
+    model.loss(batch, "g")
+    assert model.take_over(tiny_batch(model, 3)) is None and model.take_over(batch) is None
+
+
 def test_history_keeps_the_first_images_then_swaps_half():
     h = History(4, (1, 1, 1))
     stored: list = []

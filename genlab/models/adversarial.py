@@ -168,6 +168,21 @@ class Adversarial(GenerativeModel):
         average = getattr(self, "average", None)
         return average if average is not None else getattr(self, self.averaged)
 
+    # ---- a step's generated images, handed from the generator's player to the critic's ------
+    def hand_over(self, batch: dict[str, Tensor], **images: Tensor) -> None:
+        """Keep (detached) images a player generated from ``batch``, for the next player of the
+        same step: a critic stepped after the generator can judge the generator's own fakes
+        instead of drawing them again, as the usual G-then-D loop does."""
+        self._handed = (batch["x"], {k: v.detach() for k, v in images.items()})
+
+    def take_over(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """The images handed over for this very ``batch`` (once), or None: a player stepped
+        alone, or first, draws its own."""
+        handed, self._handed = getattr(self, "_handed", None), None
+        if handed is None or handed[0] is not batch["x"]:
+            return None
+        return handed[1]
+
     def after_step(self, step: int, player: str) -> None:
         if player == self.averaged_by and self.ema_decay > 0:
             ema_update(self.average, getattr(self, self.averaged), self.ema_decay)

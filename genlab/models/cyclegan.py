@@ -177,7 +177,9 @@ class CycleGAN(Adversarial):
     Config = CycleGANConfig
     data_kind = "continuous"
     needs = ("x", "x_b")
-    players = ("d", "g")
+    # G first, then D on G's translations of this step (handed over, not drawn again), as in
+    # the authors' loop.
+    players = ("g", "d")
     owners = {"d": ("d_a", "d_b"), "g": ("g_ab", "g_ba")}
     averaged = "g_ab"
     presets = {
@@ -228,15 +230,19 @@ class CycleGAN(Adversarial):
         a, b = batch["x"] * 2 - 1, batch["x_b"] * 2 - 1  # (B, C, H, W) in [-1, 1]
         obj = self.config.objective
         if player == "d":
-            with torch.no_grad():
-                fake_b = self.history_b(self.g_ab(a))
-                fake_a = self.history_a(self.g_ba(b))
+            handed = self.take_over(batch)  # G's fakes of this step, when G went first
+            if handed is None:
+                with torch.no_grad():
+                    handed = {"fake_b": self.g_ab(a), "fake_a": self.g_ba(b)}
+            fake_b = self.history_b(handed["fake_b"])
+            fake_a = self.history_a(handed["fake_a"])
             loss_a = d_loss(obj, self.d_a(a), self.d_a(fake_a))
             loss_b = d_loss(obj, self.d_b(b), self.d_b(fake_b))
             return loss_a + loss_b, {"d_a": float(loss_a.detach()),
                                      "d_b": float(loss_b.detach())}
         if player == "g":
             fake_b, fake_a = self.g_ab(a), self.g_ba(b)  # (B, C, H, W)
+            self.hand_over(batch, fake_b=fake_b, fake_a=fake_a)  # D judges these next
             with frozen(self.d_a, self.d_b):
                 adv = self._adversarial(self.d_b(fake_b)) + self._adversarial(self.d_a(fake_a))
             cycle = (self.g_ba(fake_b) - a).abs().mean() + (self.g_ab(fake_a) - b).abs().mean()

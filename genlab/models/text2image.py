@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from genlab.data import captions
 from genlab.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 from genlab.models.adversarial import Adversarial
-from genlab.nn import ConvDiscriminator, ConvGenerator, frozen
+from genlab.nn import ConvDiscriminator, ConvGenerator, frozen, minibatch_std
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Text2ImageConfig:
     beta: float = 0.5  # GAN-INT: t_int = beta * t + (1 - beta) * t_shifted
     interpolation: float = 1.0  # weight of G's GAN-INT term (0: GAN-CLS only)
     slope: float = 0.2  # LeakyReLU slope (D and the text compressions)
+    minibatch_std: bool = False  # D also sees its 4x4 map's spread over the batch (see judge)
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
 
 
@@ -173,8 +174,10 @@ class _Discriminator(nn.Module):
         self.side = self.image.side >> halvings  # 4 (2 on tiny images)
         chans = self.image.out_dim // self.side**2
         self.compress = compression(config.text, config.proj, config.slope)
+        self.spread = config.minibatch_std
         self.joint = nn.Sequential(
-            nn.Conv2d(chans + config.proj, chans, 1), nn.LeakyReLU(config.slope),
+            nn.Conv2d(chans + int(self.spread) + config.proj, chans, 1),
+            nn.LeakyReLU(config.slope),
             nn.Conv2d(chans, 1, self.side),
         )
 
@@ -182,7 +185,14 @@ class _Discriminator(nn.Module):
         return self.image.feature_map(x)  # (B, F, 4, 4)
 
     def judge(self, fmap: Tensor, t: Tensor) -> Tensor:
-        """Logits (B,) of image maps (B, F, s, s) paired with texts t (B, text)."""
+        """Logits (B,) of image maps (B, F, s, s) paired with texts t (B, text).
+
+        With ``minibatch_std`` the map gets one more channel, its standard deviation over the
+        batch (ProGAN's remedy for mode collapse, :func:`genlab.nn.minibatch_std`): a G that
+        draws the same digit for every noise and caption gives a batch with a small spread,
+        which D can then see. Each call's batch is one kind of image (real, or generated)."""
+        if self.spread:
+            fmap = minibatch_std(fmap)  # (B, F + 1, s, s)
         c = self.compress(t)[:, :, None, None].expand(-1, -1, *fmap.shape[2:])  # (B, proj, s, s)
         return self.joint(torch.cat([fmap, c], 1)).flatten()
 
