@@ -225,3 +225,19 @@ def test_cli_sample_with_patches_on_a_tiny_trained_run(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert out.exists() and "from 2 patches" in done.stdout
+
+
+def test_puzzle_measures_on_hand_made_completions():
+    from genlab.models.puzzlegan import puzzle_measures
+
+    truth = torch.cat([boxes((0, 0, 4, 4), (4, 4, 8, 8))] * 2)  # (2, 2, 8, 8)
+    valid = torch.tensor([[True, False], [True, True]])
+    source = torch.zeros(2, 3, 8, 8)
+    generated = torch.full((2, 3, 8, 8), 0.5)
+    masks = truth.float()  # every mask exactly right
+    out = puzzle_measures(generated, masks, source, truth, valid,
+                          torch.tensor([3, 4]), torch.tensor([3, 5]))
+    assert out == {"mask_iou": 1.0, "patch_l1": pytest.approx(0.5), "digit_agreement": 0.5}
+    masks[1, 1] = 0  # the second image's second mask empty: IoU 0 for that slot
+    out = puzzle_measures(generated, masks, source, truth, valid)
+    assert out["mask_iou"] == pytest.approx(2 / 3) and "digit_agreement" not in out

@@ -386,3 +386,27 @@ def overlaid(x: Tensor, masks: Tensor) -> Tensor:
         m = masks[:, k, None].float()  # (B, 1, H, W)
         out = out * (1 - 0.45 * m) + 0.45 * m * tint
     return out
+
+
+# ---- measures: does a completion put the patches back, and where? -------------------------------
+
+
+def puzzle_measures(generated: Tensor, masks: Tensor, source: Tensor, truth: Tensor,
+                    valid: Tensor, digit_generated: Tensor | None = None,
+                    digit_source: Tensor | None = None) -> dict[str, float]:
+    """The measures of completions ``generated`` (N, C, H, W) with predicted ``masks``
+    (N, K, H, W) in [0, 1] of source images ``source`` (N, C, H, W) whose patches had the true
+    box masks ``truth`` (N, K, H, W) in the slots ``valid`` (N, K):
+
+    - ``mask_iou``: :func:`mask_iou` at threshold 0.5, mean over the used slots;
+    - ``patch_l1``: :func:`patch_l1`, generated vs source inside the true boxes ([0, 1] units);
+    - ``digit_agreement`` (when a classifier's digits for both are given): the share of rows
+      where the digit read in the completion is the one read in the source image.
+    """
+    out = {"mask_iou": mask_iou(masks, truth, valid), "patch_l1": float(
+        patch_l1(generated, source, truth, valid))}
+    if digit_generated is not None and digit_source is not None:
+        from genlab.metrics.conditional import agreement
+
+        out["digit_agreement"] = agreement(digit_generated.cpu(), digit_source.cpu())
+    return out
