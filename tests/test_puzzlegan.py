@@ -15,7 +15,14 @@ from conftest import perturbed, tiny, tiny_batch, tiny_patches
 import genlab
 from genlab.data import Dataset, synthetic
 from genlab.data.patches import patch_cond
-from genlab.models.puzzlegan import mask_iou, patch_l1, reassembled, region, spatial_loss
+from genlab.models.puzzlegan import (
+    mask_iou,
+    overlap_loss,
+    patch_l1,
+    reassembled,
+    region,
+    spatial_loss,
+)
 from genlab.train import fit
 
 SHAPE = (3, 8, 8)
@@ -114,6 +121,20 @@ def test_spatial_loss_is_zero_for_the_true_masks_and_the_log_loss_otherwise():
     assert float(spatial_loss(logits, truth, torch.zeros(1, 3, dtype=torch.bool))) == 0.0
 
 
+def test_overlap_loss_is_one_minus_the_iou_of_sure_masks():
+    truth = boxes((0, 0, 4, 4), (4, 4, 8, 8), (0, 0, 2, 2))
+    valid = torch.tensor([[True, True, False]])
+    sure = torch.where(truth, 30.0, -30.0)
+    assert float(overlap_loss(sure, truth, valid)) < 1e-6
+    shifted = torch.full((1, 3, 8, 8), -30.0)
+    shifted[0, 0, 0:4, 2:6] = 30.0  # 8 shared pixels of 24: IoU 1/3
+    shifted[0, 1, 4:8, 4:8] = 30.0  # exact
+    assert float(overlap_loss(shifted, truth, valid)) == pytest.approx((2 / 3 + 0) / 2, rel=1e-5)
+    half = torch.zeros(1, 3, 8, 8)  # p = 1/2 everywhere: 8 / (32 + 16 - 8) for a 4x4 box
+    assert float(overlap_loss(half, truth, valid)) == pytest.approx(1 - 8 / 40, rel=1e-5)
+    assert float(overlap_loss(half, truth, torch.zeros(1, 3, dtype=torch.bool))) == 0.0
+
+
 def test_patch_l1_counts_only_the_used_boxes():
     truth = boxes((0, 0, 2, 4), (4, 4, 8, 8))
     source = torch.zeros(1, 3, 8, 8)
@@ -167,7 +188,7 @@ def test_losses_and_hidden_rows():
     model = tiny("puzzlegan", SHAPE)
     batch = tiny_batch(model, 6)
     loss, logs = model.loss(batch, "g")
-    assert set(logs) == {"g_adv", "spatial", "appearance"} and torch.isfinite(loss)
+    assert set(logs) == {"g_adv", "spatial", "overlap", "appearance"} and torch.isfinite(loss)
     _, logs = model.loss(batch, "d")
     assert set(logs) == {"d_real", "d_fake", "d_mixed"}
     model.config.drop = 0.0

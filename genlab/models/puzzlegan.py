@@ -31,7 +31,11 @@ The losses of G (player "g"):
 - **spatial**: binary cross-entropy between slot k's predicted mask and the true box mask of
   patch k, mean over pixels and over the slots in use (the authors' code uses an L1 on one
   union mask; a mask per slot says which patch goes where, and the log loss does not vanish
-  while a mask is still wrong but already near 0 or 1);
+  while a mask is still wrong but already near 0 or 1), plus ``overlap`` times 1 - the soft
+  IoU of the two. The cross-entropy alone learns each pixel's probability of lying in the
+  box, which stays under 1/2 everywhere when a stroke piece could sit in several places (a
+  straight piece of a 1): a mask thresholded at 1/2 is then empty. The soft IoU rewards
+  committing to one region of the right size;
 - **appearance**: L1 between the generated and the source image *inside the true boxes* of
   the patches given (mean over those pixels). This is the authors' choice (their code compares
   the two images on the patch regions, not the whole image): a whole-image L1 would drag the
@@ -76,6 +80,7 @@ class PuzzleGANConfig:
     mask_width: int = 32  # channels of the mask generator's last convolution
     d_width: int = 64  # channels of D's first convolution
     spatial: float = 1.0  # weight of the spatial (mask) loss
+    overlap: float = 1.0  # weight of its soft-IoU term (0: cross-entropy alone)
     appearance: float = 10.0  # weight of the appearance (patch-region L1) loss
     mixed: float = 1.0  # weight of D's re-assembled fakes (0: D sees real and generated only)
     drop: float = 0.1  # share of training rows whose patches are all hidden from G
@@ -153,6 +158,16 @@ def spatial_loss(logits: Tensor, truth: Tensor, valid: Tensor) -> Tensor:
     bce = (F.softplus(x) - x * t).mean((2, 3))  # (B, K): -t log s(x) - (1 - t) log(1 - s(x))
     use = valid.to(torch.float32)
     return (bce * use).sum() / use.sum().clamp(min=1)
+
+
+def overlap_loss(logits: Tensor, truth: Tensor, valid: Tensor) -> Tensor:
+    """1 - soft IoU (sum p t / sum (p + t - p t), p = sigmoid(logits)) of each used slot's mask
+    (B, K, H, W) against its true box (B, K, H, W), mean over the used slots; 0 when none is."""
+    p, t = torch.sigmoid(logits.to(torch.float32)), truth.to(torch.float32)
+    inter = (p * t).sum((2, 3))
+    soft_iou = inter / (p.sum((2, 3)) + t.sum((2, 3)) - inter).clamp(min=1e-6)  # (B, K)
+    use = valid.to(torch.float32)
+    return ((1 - soft_iou) * use).sum() / use.sum().clamp(min=1)
 
 
 def patch_l1(generated: Tensor, source: Tensor, truth: Tensor, valid: Tensor) -> Tensor:
@@ -277,9 +292,12 @@ class PuzzleGAN(Adversarial):
             with frozen(self.discriminator):  # G's step must not touch D's weights
                 adv = g_loss(obj, self.discriminator(fake))
             spatial = spatial_loss(logits, truth, shown)
+            overlap = overlap_loss(logits, truth, shown)
             appearance = patch_l1((fake + 1) / 2, x, truth, shown)
-            loss = adv + self.config.spatial * spatial + self.config.appearance * appearance
+            loss = (adv + self.config.spatial * (spatial + self.config.overlap * overlap)
+                    + self.config.appearance * appearance)
             return loss, {"g_adv": float(adv.detach()), "spatial": float(spatial.detach()),
+                          "overlap": float(overlap.detach()),
                           "appearance": float(appearance.detach())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
 
@@ -331,7 +349,7 @@ class PuzzleGAN(Adversarial):
 
     # ---- pictures ------------------------------------------------------------------------------
     def pictures(self, folder: Path, data: Any) -> list[Path]:
-        """``puzzles.png``, one column per image (8): its patches tiled on a grey canvas, the
+        """``puzzles.png``, one column per image (8): its patches tiled on a dark canvas, the
         generated whole, the predicted masks over it (slot 1 red, 2 green, 3 blue, where the
         mask is at least 0.5), then the source image with its true boxes the same way."""
         from genlab.images import save_grid
@@ -347,7 +365,7 @@ class PuzzleGAN(Adversarial):
         rows = [tiled(patches, valid, self.shape), image, overlaid(image, masks >= 0.5),
                 overlaid(x, truth.bool())]
         return [save_grid(torch.cat([rgb(r) for r in rows]), Path(folder) / "puzzles.png",
-                          nrow=n)]
+                          nrow=n, scale=4)]
 
 
 # ---- pictures' helpers ---------------------------------------------------------------------------
@@ -361,11 +379,12 @@ def rgb(x: Tensor) -> Tensor:
 
 
 def tiled(patches: Tensor, valid: Tensor, shape: tuple[int, int, int]) -> Tensor:
-    """(B, K, C, h, w) patches -> (B, C, H, W) grey canvases with the used ones side by side
-    (rows of as many as fit, a 1-pixel gap), not where they belong: the model is not told."""
+    """(B, K, C, h, w) patches -> (B, C, H, W) dark grey canvases (the grid's border is mid
+    grey) with the used ones side by side (rows of as many as fit, a 1-pixel gap), not where
+    they belong: the model is not told."""
     b, k, c, h, w = patches.shape
     _, H, W = shape
-    canvas = torch.full((b, c, H, W), 0.5)
+    canvas = torch.full((b, c, H, W), 0.2)
     per_row = max(1, (W - 1) // (w + 1))
     for i in range(k):
         r, col = divmod(i, per_row)
