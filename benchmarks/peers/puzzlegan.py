@@ -3,9 +3,9 @@ stride-2 4x4 convs, linear) whose codes are summed over the used slots, a DCGAN 
 generator fed [z, sum], a DCGAN mask generator fed [code_k, sum] for each of the 3 slots, a
 DCGAN discriminator; one iteration = D's step (real vs generated, plus real vs the two kinds of
 re-assembled images: parts swapped with the next image of the batch, inside the true boxes)
-then G's step (non-saturating loss + 1 x mask BCE over the used slots + 10 x L1 inside the true
-boxes), 10% of rows with every patch hidden. genlab's ``cpu`` architecture (latent 64, codes
-64, width 32, mask width 16, D width 32) on 3x32x32 images with 12x12 patches."""
+then G's step (non-saturating loss + 10 x (mask BCE + 1 - soft IoU) over the used slots + 10 x
+L1 inside the true boxes), 10% of rows with every patch hidden. genlab's ``cpu`` architecture
+(latent 64, codes 64, width 32, mask width 16, D width 32) on 3x32x32 images, 12x12 patches."""
 
 from __future__ import annotations
 
@@ -95,9 +95,13 @@ def reference_step(batch_size: int) -> Callable[[], None]:
         adv = F.softplus(-d(fake).flatten()).mean()
         bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean((2, 3))
         spatial = (bce * shown).sum() / shown.sum().clamp(min=1)
+        p = torch.sigmoid(logits)
+        inter = (p * truth).sum((2, 3))
+        soft_iou = inter / (p.sum((2, 3)) + truth.sum((2, 3)) - inter).clamp(min=1e-6)
+        overlap = ((1 - soft_iou) * shown).sum() / shown.sum().clamp(min=1)
         seen = (truth * shown[:, :, None, None]).amax(1, keepdim=True)
         appearance = (((fake + 1) / 2 - x).abs() * seen).sum() / (seen.sum() * 3).clamp(min=1)
-        loss_g = adv + spatial + 10 * appearance
+        loss_g = adv + 10 * (spatial + overlap) + 10 * appearance
         loss_g.backward()  # D's weights get gradients here; its optimizer zeroes them first
         opt_g.step()
 
