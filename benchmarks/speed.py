@@ -117,6 +117,12 @@ def batch_for(model: genlab.models.GenerativeModel, n: int) -> dict[str, torch.T
 
         batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,))
                                       for v in ATTRIBUTES.values()], 1)
+    if "patches" in model.needs:  # key patches cut around bright pixels (puzzlegan)
+        from genlab.data.patches import MAX_PATCHES, boxes_for, crop
+
+        boxes, counts = boxes_for(x.mean(1), torch.Generator().manual_seed(0))
+        batch["patches"], batch["masks"] = crop(x, boxes, counts)
+        batch["patch_valid"] = torch.arange(MAX_PATCHES)[None, :] < counts[:, None]
     return batch
 
 

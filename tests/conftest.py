@@ -29,6 +29,8 @@ TINY: dict[str, dict] = {
     "progan": {"latent": 4, "max_channels": 4, "base": 16, "phase": 96, "ema": 0.9},
     "text2image": {"latent": 4, "width": 4, "words": 4, "text": 6, "proj": 3},
     "stargan": {"width": 4, "blocks": 1, "d_width": 4},
+    "puzzlegan": {"latent": 4, "embed": 5, "patch": 4, "width": 4, "mask_width": 3,
+                  "d_width": 4},
 }
 
 
@@ -88,7 +90,27 @@ def tiny_batch(model: genlab.models.GenerativeModel, n: int = 8, seed: int = 0) 
 
         batch["attrs"] = torch.stack([torch.randint(0, len(v), (n,), generator=g)
                                       for v in ATTRIBUTES.values()], 1)
+    if "patches" in model.needs:
+        batch.update(tiny_patches(x, g))
     return batch
+
+
+def tiny_patches(x: torch.Tensor, g: torch.Generator) -> dict:
+    """Key-patch fields (genlab.data.patches) for tiny images x (n, C, H, W): 1..3 used slots
+    per image, each a random crop of half the image's smaller side (at least 1 pixel)."""
+    n, c, h, w = x.shape
+    k, side = 3, max(1, min(h, w) // 2)
+    count = torch.randint(1, k + 1, (n,), generator=g)
+    valid = torch.arange(k)[None, :] < count[:, None]  # (n, k)
+    patches = torch.zeros(n, k, c, side, side)
+    masks = torch.zeros(n, k, h, w, dtype=torch.bool)
+    for i in range(n):
+        for j in range(int(count[i])):
+            t = int(torch.randint(0, h - side + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - side + 1, (1,), generator=g))
+            patches[i, j] = x[i, :, t:t + side, left:left + side]
+            masks[i, j, t:t + side, left:left + side] = True
+    return {"patches": patches, "patch_valid": valid, "masks": masks}
 
 
 def translate_cond(model: genlab.models.GenerativeModel, n: int, seed: int = 0) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, Crash, crash_at, tiny
+from conftest import TINY, Crash, crash_at, tiny, tiny_patches
 from torch import nn
 
 import genlab
@@ -124,7 +124,7 @@ def test_run_folder_contents(tmp_path):
 
 @pytest.mark.parametrize(
     "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan",
-             "stargan", "cyclegan"])
+             "stargan", "cyclegan", "puzzlegan"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     # progan grows 4x4 -> 8x8 on 8x8 images; its tiny phase of 96 images (12 steps of 8) puts
     # the kill at step 17 mid-fade, with the checkpoint of step 10 still at 4x4.
@@ -138,6 +138,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(name, tmp_path):
     if "x_b" in genlab.MODELS[name].needs:  # a second domain, served in its own order
         data = Dataset(data.x, data.y, data.name, fields={"x_b": 1 - data.x, "y_b": data.y},
                        unaligned=("x_b", "y_b"))
+    if "patches" in genlab.MODELS[name].needs:  # key patches cropped from each image
+        fields = tiny_patches(data.x, torch.Generator().manual_seed(2))
+        data = Dataset(data.x, data.y, data.name, fields=fields)
     kw = dict(steps=30, batch_size=8, ckpt_every=10, log_every=1, progress=False, seed=5, lr=1e-2)
 
     full = tiny(name, shape)

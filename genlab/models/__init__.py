@@ -21,6 +21,7 @@ from genlab.models.nade import NADE
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
 from genlab.models.pixelrnn import DiagonalBiLSTM, RowLSTM
 from genlab.models.progan import ProGAN
+from genlab.models.puzzlegan import PuzzleGAN
 from genlab.models.rnade import RNADE
 from genlab.models.stargan import StarGAN
 from genlab.models.text2image import Text2Image
@@ -30,7 +31,7 @@ MODELS: dict[str, type[GenerativeModel]] = {
     cls.name: cls
     for cls in (Independent, Markov, FullJoint, NADE, MADE, RNADE, VAE, ConvVAE, AAE, GAN,
                 DCGAN, InfoGAN, ProGAN, CycleGAN, RowLSTM, DiagonalBiLSTM, PixelCNN,
-                GatedPixelCNN, StarGAN, Text2Image)
+                GatedPixelCNN, StarGAN, Text2Image, PuzzleGAN)
 }
 
 
