@@ -176,12 +176,13 @@ class Adversarial(GenerativeModel):
         self._handed = (batch["x"], {k: v.detach() for k, v in images.items()})
 
     def take_over(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
-        """The images handed over for this very ``batch`` (once), or None: a player stepped
-        alone, or first, draws its own."""
+        """The images handed over for this very ``batch`` (once), in the batch's dtype (the
+        giver may have run under autocast, the taker not), or None: a player stepped alone,
+        or first, draws its own."""
         handed, self._handed = getattr(self, "_handed", None), None
         if handed is None or handed[0] is not batch["x"]:
             return None
-        return handed[1]
+        return {k: v.to(batch["x"].dtype) for k, v in handed[1].items()}
 
     def after_step(self, step: int, player: str) -> None:
         if player == self.averaged_by and self.ema_decay > 0:
