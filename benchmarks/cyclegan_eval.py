@@ -16,16 +16,9 @@ import torch
 
 import genlab
 from genlab.data import load
-from genlab.metrics.conditional import classifier, predict
+from genlab.metrics.conditional import features, predict
 from genlab.metrics.translation import frechet_distance, translation_measures
 from genlab.models.base import read_config
-
-
-@torch.no_grad()
-def features(x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    net = classifier()
-    return torch.cat([net.features(x[i : i + batch_size].to(net.device)).float().cpu()
-                      for i in range(0, len(x), batch_size)])
 
 
 def main() -> None:

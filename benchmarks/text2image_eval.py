@@ -19,7 +19,8 @@ import torch
 
 import genlab
 from genlab.data import load
-from genlab.models.text2image import caption_accuracy, caption_targets, frechet_distance
+from genlab.metrics.translation import frechet_distance
+from genlab.models.text2image import caption_accuracy, caption_targets
 
 
 def batched(fn, x: torch.Tensor, size: int = 250):
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from genlab.metrics.conditional import classifier, predict
+    from genlab.metrics.conditional import features, predict
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -46,11 +47,10 @@ def main() -> None:
     with torch.no_grad():
         x = batched(lambda i: model.sample(len(i), cond={"text": [texts[j] for j in i]}),
                     torch.arange(len(texts)))
-        net = classifier()
         want = caption_targets(data)
         got = caption_accuracy(predict(x), want, data.heldout)
         ceiling = caption_accuracy(predict(data.x), want, data.heldout)
-        fid = frechet_distance(batched(net.features, data.x), batched(net.features, x))
+        fid = frechet_distance(features(data.x), features(x))
     print(f"text2image {args.run}: {len(x)} samples, one per mnist-captions test caption "
           f"({int(data.heldout.sum())} held-out)")
     for key in got:

@@ -135,7 +135,7 @@ def test_cli_sample_with_text_on_a_tiny_trained_run(tmp_path):
 
 
 def test_frechet_distance_against_closed_forms():
-    from genlab.models.text2image import frechet_distance
+    from genlab.metrics.translation import frechet_distance
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4000, 3, generator=g)

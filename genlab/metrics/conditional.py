@@ -32,6 +32,15 @@ def classifier(device: str = "cpu") -> FeatureNet:
 
 
 @torch.no_grad()
+def features(x: Tensor, batch_size: int = 500, device: str = "cpu") -> Tensor:
+    """Images (B, 3, 32, 32) in [0, 1] -> the classifier's features (B, dim), float32 on the
+    CPU, in batches: what the FIDs of the conditional models compare."""
+    net = classifier(device)
+    return torch.cat([net.features(x[i : i + batch_size].to(net.device)).float().cpu()
+                      for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def predict(x: Tensor, batch_size: int = 500, device: str = "cpu") -> dict[str, Tensor]:
     """Images (B, 3, 32, 32) in [0, 1] -> {"digit": (B,), attribute name: (B,)} indices."""
     net = classifier(device)

@@ -395,15 +395,3 @@ def caption_targets(data: Any) -> dict[str, Tensor]:
 
 _THICKNESS_WORDS = {w for ps in captions.PHRASES["thickness"].values() for p in ps
                     for w in p.split()}
-
-
-def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to features a (N, F) and b (M, F):
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = (torch.atleast_2d(torch.cov(f.T)) for f in (a, b))  # (F, F)
-    w, v = torch.linalg.eigh(s_a)
-    root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
-    middle = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + s_a.trace() + s_b.trace() - 2 * middle)
