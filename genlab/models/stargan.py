@@ -185,8 +185,8 @@ class StarGAN(Adversarial):
     data_kind = "continuous"
     needs = ("x", "attrs")
     presets = {
-        # mnist-attrs on one CPU core: 5000 steps of batch 16 (1000 generator steps), about
-        # 30 minutes on the shared machine. Two departures from the paper, both settings:
+        # mnist-attrs on one CPU core: 5000 steps of batch 16 (1000 generator steps), 23
+        # minutes on the shared machine. Two departures from the paper, both settings:
         # batch norm in G (see _norm) and the masked output (see _Generator); and
         # lambda_cls = 5: with 1, G settled on copying its input (reconstruction 0.02,
         # D_cls sure the attributes had not changed), as the identity is where the
