@@ -742,8 +742,9 @@ def cmd_ood(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from genlab.metrics.report import compare, parse_metrics
 
-    index = compare(args.runs, args.out, metrics=parse_metrics(args.metrics), n=args.n,
-                    limit=args.limit, k=args.k, device=args.device, progress=not args.quiet)
+    index = compare(args.runs, args.out, metrics=parse_metrics(args.metrics, args.ood),
+                    n=args.n, limit=args.limit, k=args.k, device=args.device,
+                    progress=not args.quiet, ood=args.ood)
     print(f"wrote {index} and {index.with_name('report.md')}")
 
 
@@ -1024,12 +1025,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_probe)
 
     s = add("compare", "a static HTML (and Markdown) report of several runs: data, size, "
-            "training, test NLL, FID/KID/precision/recall, sample grid, loss curve",
-            "genlab compare runs/nade runs/gan --out report/")
+            "training, test NLL, FID/KID/precision/recall, OOD AUROC, probe accuracy, sample "
+            "grid, loss curve",
+            "genlab compare runs/nade runs/gan --out report/ --ood fashion-mnist")
     s.add_argument("runs", nargs="+", metavar="RUN")
     s.add_argument("--out", required=True, help="folder for index.html, report.md and images")
     s.add_argument("--metrics", help="comma-separated, from nll, fid (FID, KID and "
-                   "precision/recall from one draw of samples); default both")
+                   "precision/recall from one draw of samples), ood, probe; default all (ood "
+                   "with --ood)")
+    s.add_argument("--ood", help="OOD source for the AUROC column (a data source, e.g. "
+                   "fashion-mnist, or a folder); scored as each run's data is prepared")
     s.add_argument("-n", type=_positive_int, default=2000,
                    help="samples for the sample-quality metrics (default 2000)")
     s.add_argument("--limit", type=_positive_int, help="score only N test images (default all)")

@@ -180,3 +180,38 @@ def test_fit_asks_the_model_for_its_own_pictures_once_at_the_end(tmp_path):
                device="cpu", threads=1)
     assert calls == [(tmp_path / "run", 32, False)]
     assert (tmp_path / "run/extra.png").exists()
+
+
+def test_the_gan_generator_steps_through_the_fakes_d_just_judged():
+    # D then G, one G forward: G's step backpropagates through the fakes D's step drew, and its
+    # gradient equals -log D(G(z)) for those z, computed afresh with D's updated weights.
+    torch.manual_seed(0)
+    model = genlab.create("gan", shape=(1, 3, 3), latent=4, hidden=(8,))
+    model.train()
+    batch = {"x": torch.rand(5, 1, 3, 3)}
+    opts = {p: torch.optim.Adam(model.parameters_for(p), lr=1e-2, **model.optimizer_settings(p))
+            for p in model.players}
+    calls = []
+    model.generator.register_forward_hook(lambda *a: calls.append(1))
+    rng = torch.get_rng_state()
+    for player in ("d", "g"):
+        opts[player].zero_grad(set_to_none=True)
+        loss, _ = model.loss(batch, player)
+        loss.backward()
+        if player == "d":
+            opts["d"].step()  # D moves; G's weights (and so the handed graph) do not
+    assert len(calls) == 1  # G ran once for both players
+    got = [p.grad.clone() for p in model.generator.parameters()]
+    torch.set_rng_state(rng)
+    z = torch.randn(5, 4)  # the z D's step drew
+    ref = torch.nn.functional.softplus(-model.discriminator(model.generator(z))).mean()
+    want = torch.autograd.grad(ref, list(model.generator.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    # no hand-over (G stepped alone, or under no_grad before): G draws its own fakes
+    with torch.no_grad():
+        model.loss(batch, "d")
+    assert model.take_over(batch, graph=True) is None
+    calls.clear()
+    model.loss(batch, "g")
+    assert len(calls) == 1

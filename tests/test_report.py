@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from genlab.cli import main
 from genlab.metrics.report import DASH, parse_metrics
@@ -77,6 +78,47 @@ def test_no_feature_network_gives_dashes(runs, tmp_path):
     assert main(["compare", str(runs[1]), "--out", str(out), "-n", "50", "--device", "cpu"]) == 0
     (row,) = _rows((out / "index.html").read_text())
     assert _cells(row)[6:11] == [DASH] * 5
+
+
+def test_ood_auroc_and_probe_columns_match_their_own_commands(runs, tmp_path):
+    """The OOD AUROC cell is the log-likelihood's (the GAN's: its discriminator's) AUROC that
+    `genlab.metrics.detect` computes on the same data; the probe cell is `probe`'s accuracy."""
+    import genlab
+    from genlab.data import load as load_data
+    from genlab.metrics import detect, probe
+    from genlab.metrics.report import COLUMNS, PROBE_LIMIT
+    from genlab.models.base import read_config
+
+    out = tmp_path / "report"
+    assert main(["compare", *map(str, runs), "--out", str(out), "--metrics", "ood,probe",
+                 "--ood", "synthetic:blobs", "--device", "cpu", "-k", "5"]) == 0
+    rows = [_cells(r) for r in _rows((out / "index.html").read_text())]
+    at = {col: COLUMNS.index(col) for col in ("OOD AUROC", "probe")}
+    for run, cells in zip(runs, rows, strict=True):
+        model = genlab.load(run)
+        how = {"binarize": read_config(run)["train"]["data"]["binarize"], "shape": (1, 8, 8)}
+        test = load_data("synthetic:bars", "test", **how)
+        ood = load_data("synthetic:blobs", "test", **how)
+        kw = {} if model.exact or not model.has("log_prob") else {"k": 5}
+        torch.manual_seed(0)
+        report, _ = detect(model, test, ood, **kw)
+        assert cells[at["OOD AUROC"]].startswith(f"{report.rows[0].auroc:.3f}<br>")
+        if model.has("encode"):
+            train, val = (load_data("synthetic:bars", s, limit=PROBE_LIMIT, **how)
+                          for s in ("train", "val"))
+            want = probe(model, train, val, test, controls=False).rows[0].accuracy
+            assert cells[at["probe"]].startswith(f"{100 * want:.2f}%<br>")
+        else:
+            assert cells[at["probe"]] == DASH
+    # the run's own data as --ood says so instead of a meaningless 0.5
+    again = tmp_path / "again"
+    assert main(["compare", str(runs[0]), "--out", str(again), "--metrics", "ood",
+                 "--ood", "synthetic:bars", "--device", "cpu"]) == 0
+    (row,) = _rows((again / "index.html").read_text())
+    assert _cells(row)[at["OOD AUROC"]] == DASH
+    with pytest.raises(ValueError, match="needs an OOD source"):
+        parse_metrics("ood")
+    assert "ood" not in parse_metrics(None) and "ood" in parse_metrics(None, "mnist")
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 Each row: the model, its data, size, training length, the test NLL where the model has
 ``log_prob`` (exact or estimate, labelled), the sample-quality metrics where it has ``sample``
-and its data has a feature network, its last sample grid and its loss curve. Cells a model
+and its data has a feature network, the AUROC of its anomaly score against an OOD source where
+it has one (the log-likelihood, else a GAN's discriminator), the linear-probe accuracy where it
+has ``encode`` and its data has labels, its last sample grid and its loss curve. Cells a model
 cannot fill read "–": the dispatch is on capabilities, never on model names.
 """
 
@@ -24,10 +26,12 @@ from genlab.models import load
 from genlab.models.base import read_config
 
 DASH = "–"
-# What compare can measure; "quality" is FID, KID and precision/recall together (one sample draw).
-COMPARE_METRICS = ("nll", "quality")
-COLUMNS = ("run", "model", "data", "parameters", "steps", "time", "test NLL", "FID", "KID",
-           "precision", "recall", "samples", "curve")
+# What compare can measure; "quality" is FID, KID and precision/recall together (one sample
+# draw); "ood" needs an OOD source (--ood).
+COMPARE_METRICS = ("nll", "quality", "ood", "probe")
+MEASURED = ("test NLL", "FID", "KID", "precision", "recall", "OOD AUROC", "probe")
+COLUMNS = ("run", "model", "data", "parameters", "steps", "time", *MEASURED, "samples", "curve")
+PROBE_LIMIT = 5000  # training (and validation) images the report's probe fits on
 
 
 @dataclass
@@ -39,22 +43,25 @@ class Row:
     skipped: list[str] = field(default_factory=list)  # why cells read "–", for the progress line
 
 
-def parse_metrics(text: str | None) -> list[str]:
-    """--metrics as a list: nll, quality (fid, kid, pr are accepted as aliases of quality)."""
+def parse_metrics(text: str | None, ood: str | None = None) -> list[str]:
+    """--metrics as a list: nll, quality (fid, kid, pr are accepted as aliases of quality),
+    ood, probe. The default is all of them, ood only when an OOD source is given."""
     if text is None:
-        return list(COMPARE_METRICS)
+        return [m for m in COMPARE_METRICS if m != "ood" or ood is not None]
     out: list[str] = []
     for t in (t.strip().lower() for t in text.split(",")):
         if not t:
             continue
         name = "quality" if t in ("fid", "kid", "pr", "precision", "recall") else t
         if name not in COMPARE_METRICS:
-            raise ValueError(f"unknown --metrics {t!r}; choose from nll, fid, kid, pr "
-                             "(comma-separated)")
+            raise ValueError(f"unknown --metrics {t!r}; choose from nll, fid, kid, pr, ood, "
+                             "probe (comma-separated)")
         if name not in out:
             out.append(name)
     if not out:
-        raise ValueError("--metrics is empty; choose from nll, fid, kid, pr")
+        raise ValueError("--metrics is empty; choose from nll, fid, kid, pr, ood, probe")
+    if "ood" in out and ood is None:
+        raise ValueError("--metrics ood needs an OOD source: --ood SOURCE (e.g. fashion-mnist)")
     return out
 
 
@@ -134,17 +141,46 @@ def _fmt(v: float, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _run_data(config: dict[str, Any], split: str, limit: int | None) -> Any:
+def _run_data(config: dict[str, Any], split: str, limit: int | None,
+              source: str | None = None) -> Any:
+    """The run's data (or ``source``) as the run saw it: binarization, seed, shape."""
     d = config.get("train", {}).get("data", {})
-    return load_data(d["source"], split, binarize=d.get("binarize"), seed=d.get("seed", 0),
-                     limit=limit, shape=tuple(config["shape"]))
+    return load_data(source or d["source"], split, binarize=d.get("binarize"),
+                     seed=d.get("seed", 0), limit=limit, shape=tuple(config["shape"]))
+
+
+def _ood_cell(model: Any, config: dict[str, Any], test: Any, ood: str, limit: int | None,
+              k: int | None, batch_size: int) -> str:
+    """AUROC of the model's first anomaly score (its log-likelihood, else its discriminator's
+    logit) for the run's test split against ``ood``'s, OOD as the positive class."""
+    from genlab.metrics.detection import auroc, ood_scores
+
+    split = "all" if Path(ood).exists() else "test"
+    out_data = _run_data(config, split, limit, source=ood)
+    kw = {} if model.exact or not model.has("log_prob") or k is None else {"k": k}
+    torch.manual_seed(0)  # an estimated likelihood draws: the same cell on every call
+    scores, _ = ood_scores(model, test, out_data, batch_size=batch_size, **kw)
+    name, (s_in, s_out) = next(iter(scores.items()))
+    return f"{_fmt(auroc(s_out, s_in), 3)}\n{name.split(' (')[0]}, vs {ood}"
+
+
+def _probe_cell(model: Any, config: dict[str, Any], test: Any) -> str:
+    """Linear-probe test accuracy of ``encode`` (and 10-NN beside it), fitted on the first
+    PROBE_LIMIT training images, weight decay chosen on as many validation images."""
+    from genlab.metrics.probe import probe
+
+    train, val = (_run_data(config, s, PROBE_LIMIT) for s in ("train", "val"))
+    (r,) = probe(model, train, val, test, controls=False).rows
+    return (f"{100 * r.accuracy:.2f}%\nlinear, {r.dim}-d; 10-NN {100 * r.knn_accuracy:.2f}%; "
+            f"{len(train):,} training images")
 
 
 def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
                 limit: int | None, k: int | None, device: str, batch_size: int = 500,
-                progress: bool = False) -> Row:
+                progress: bool = False, ood: str | None = None) -> Row:
     """One row of the report; writes the run's images into ``out``."""
     from genlab.metrics import nll, sample_quality
+    from genlab.metrics.detection import has_discriminator
     from genlab.metrics.features import feature_net_for
     from genlab.models.base import RunError
 
@@ -161,10 +197,13 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
     c["steps"] = f"{config.get('step', last.get('step', 0)):,}"
     c["time"] = _clock(last["time"]) if "time" in last else DASH
     source = config.get("train", {}).get("data", {}).get("source")
-    for col in ("test NLL", "FID", "KID", "precision", "recall"):
+    for col in MEASURED:
         c[col] = DASH
+    can_ood = model.has("log_prob") or has_discriminator(model)
     if source is not None and ("nll" in metrics and model.has("log_prob")
-                               or "quality" in metrics and model.has("sample")):
+                               or "quality" in metrics and model.has("sample")
+                               or "ood" in metrics and can_ood
+                               or "probe" in metrics and model.has("encode")):
         test = _run_data(config, "test", limit)
         if "nll" in metrics and model.has("log_prob"):
             # An estimate uses the small -k given (the model's default, e.g. 5000, is slow).
@@ -186,10 +225,24 @@ def compare_run(run: Path, out: Path, index: int, metrics: list[str], n: int,
                 c["KID"] = _fmt(kid.value, 4) + (f"\n± {_fmt(kid.std, 4)}" if kid.std else "")
                 c["precision"] = _fmt(q["pr"].value, 3)
                 c["recall"] = _fmt(q["pr"].details["recall"], 3)
+        if "ood" in metrics and can_ood and ood is not None:
+            if ood == source:
+                row.skipped.append(f"--ood {ood} is the run's own data")
+            else:
+                c["OOD AUROC"] = _ood_cell(model, config, test, ood, limit, k, batch_size)
+        if "probe" in metrics and model.has("encode"):
+            if test.y is None:
+                row.skipped.append(f"no labels in {source} for a probe")
+            else:
+                c["probe"] = _probe_cell(model, config, test)
     if "nll" in metrics and not model.has("log_prob"):
         row.skipped.append("no log_prob")
     if "quality" in metrics and not model.has("sample"):
         row.skipped.append("no sample")
+    if "ood" in metrics and not can_ood:
+        row.skipped.append("no anomaly score")
+    if "probe" in metrics and not model.has("encode"):
+        row.skipped.append("no encode")
     grid = _last_samples(run)
     if grid is not None:
         row.sample_png = f"run{index}-samples.png"
@@ -216,7 +269,8 @@ img.curve { width: 230px; }
 p.note { color: #555; font-size: 13px; max-width: 60em; }
 """
 
-NUMERIC = {"parameters", "steps", "time", "FID", "KID", "precision", "recall"}
+NUMERIC = {"parameters", "steps", "time", "FID", "KID", "precision", "recall", "OOD AUROC",
+           "probe"}
 
 
 def write_html(rows: list[Row], path: Path, note: str) -> None:
@@ -270,11 +324,13 @@ def write_markdown(rows: list[Row], path: Path, note: str) -> None:
 
 def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
             n: int = 2000, limit: int | None = None, k: int | None = None,
-            device: str = "cpu", stream: TextIO | None = None, progress: bool = False) -> Path:
+            device: str = "cpu", stream: TextIO | None = None, progress: bool = False,
+            ood: str | None = None) -> Path:
     """Write ``out``/index.html and ``out``/report.md comparing ``runs``; returns index.html.
-    ``progress`` adds the metrics' own progress (a bar, or a line every 10 s in logs)."""
+    ``ood``: the OOD source of the AUROC column (a data source or folder), else no column
+    value. ``progress`` adds the metrics' own progress (a bar, or a line every 10 s in logs)."""
     stream = stream if stream is not None else sys.stderr
-    metrics = metrics if metrics is not None else list(COMPARE_METRICS)
+    metrics = metrics if metrics is not None else parse_metrics(None, ood)
     for run in runs:  # every run is checked before the first slow metric
         read_config(run)  # the checks every command applies: present, a regular file, JSON
     dest = Path(out)
@@ -283,17 +339,23 @@ def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
     for i, run in enumerate(runs, 1):
         stream.write(f"[{i}/{len(runs)}] {run}\n")
         stream.flush()
-        row = compare_run(Path(run), dest, i, metrics, n, limit, k, device, progress=progress)
+        row = compare_run(Path(run), dest, i, metrics, n, limit, k, device, progress=progress,
+                          ood=ood)
         line = "; ".join(f"{col} {row.cells[col].replace(chr(10), ' (', 1)})"
-                         for col in ("test NLL", "FID") if row.cells[col] != DASH)
+                         for col in ("test NLL", "FID", "OOD AUROC", "probe")
+                         if row.cells[col] != DASH)
         why = ", ".join(row.skipped)
         line = "; ".join(t for t in (line, why and f"skipped: {why}") if t)
         stream.write(f"[{i}/{len(runs)}] {run}: {line or 'no metrics asked for'}\n")
         rows.append(row)
     note = ("test NLL on each run's own test split and binarization; FID, KID (± std over "
             "subsets), precision and recall (k=3) in the feature space of genlab's classifier "
-            f"for the run's data, against its test split. {DASH}: the model cannot compute it, "
-            "its data has no feature network, or it was not asked for (--metrics).")
+            f"for the run's data, against its test split. OOD AUROC: the model's anomaly score "
+            f"(its log-likelihood, else its discriminator's logit) on the run's test split "
+            f"against the OOD source's, OOD positive. probe: multinomial logistic regression "
+            f"on encode features of the first {PROBE_LIMIT:,} training images (weight decay "
+            f"chosen on validation), test accuracy. {DASH}: the model cannot compute it, its "
+            "data has no feature network or labels, or it was not asked for (--metrics).")
     index = dest / "index.html"
     write_html(rows, index, note)
     write_markdown(rows, dest / "report.md", note)

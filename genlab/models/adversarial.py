@@ -169,20 +169,31 @@ class Adversarial(GenerativeModel):
         return average if average is not None else getattr(self, self.averaged)
 
     # ---- a step's generated images, handed from the generator's player to the critic's ------
-    def hand_over(self, batch: dict[str, Tensor], **images: Tensor) -> None:
-        """Keep (detached) images a player generated from ``batch``, for the next player of the
-        same step: a critic stepped after the generator can judge the generator's own fakes
-        instead of drawing them again, as the usual G-then-D loop does."""
-        self._handed = (batch["x"], {k: v.detach() for k, v in images.items()})
+    def hand_over(self, batch: dict[str, Tensor], *, detach: bool = True,
+                  **images: Tensor) -> None:
+        """Keep images a player generated from ``batch`` for the next player of the same step,
+        so it need not draw them again. Detached (the default), they serve a critic stepped
+        after the generator, as the usual G-then-D loop does. With ``detach=False`` they keep
+        the generator's graph, for a generator stepped after the critic (the D-then-G loop of
+        the DCGAN reference code): valid because the critic's step does not touch the weights
+        that graph was built with."""
+        kept = {k: v.detach() if detach else v for k, v in images.items()}
+        self._handed = (batch["x"], kept)
 
-    def take_over(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    def take_over(self, batch: dict[str, Tensor], *,
+                  graph: bool = False) -> dict[str, Tensor] | None:
         """The images handed over for this very ``batch`` (once), in the batch's dtype (the
         giver may have run under autocast, the taker not), or None: a player stepped alone,
-        or first, draws its own."""
+        or first, draws its own. A taker that backpropagates through them asks for ``graph``:
+        images handed without one (the giver ran under ``torch.no_grad``) are then refused."""
         handed, self._handed = getattr(self, "_handed", None), None
         if handed is None or handed[0] is not batch["x"]:
             return None
-        return {k: v.to(batch["x"].dtype) for k, v in handed[1].items()}
+        images = handed[1]
+        if graph and torch.is_grad_enabled() and not all(v.requires_grad
+                                                         for v in images.values()):
+            return None
+        return {k: v.to(batch["x"].dtype) for k, v in images.items()}
 
     def after_step(self, step: int, player: str) -> None:
         if player == self.averaged_by and self.ema_decay > 0:

@@ -88,18 +88,23 @@ class GAN(Adversarial):
         x = batch["x"]
         self.check_input(x)
         b = x.shape[0]
-        z = torch.randn(b, self.config.latent, device=x.device)  # (B, latent)
         if player == "d":
-            with torch.no_grad():  # D's step must not build (or backprop into) G's graph
-                fake = self.generator(z)  # (B, D)
+            # G's fakes keep their graph: the "g" player of this step, next, backpropagates
+            # through them instead of running G again (D's step does not change G's weights).
+            # D's own loss sees them detached, so it never reaches G.
+            fake = self.generator(torch.randn(b, self.config.latent, device=x.device))  # (B, D)
+            self.hand_over(batch, detach=False, fake=fake)
             real_logit = self.discriminator(x.flatten(1) * 2 - 1)  # (B,)
-            fake_logit = self.discriminator(fake)  # (B,)
+            fake_logit = self.discriminator(fake.detach())  # (B,)
             loss = d_loss(self.config.objective, real_logit, fake_logit)
             return loss, {"d_real": float(torch.sigmoid(real_logit).detach().mean()),
                           "d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
         if player == "g":
+            handed = self.take_over(batch, graph=True)  # D's fakes, when D stepped first
+            fake = handed["fake"] if handed is not None else self.generator(
+                torch.randn(b, self.config.latent, device=x.device))  # (B, D)
             with frozen(self.discriminator):  # G's step must not touch D's weights
-                fake_logit = self.discriminator(self.generator(z))  # (B,)
+                fake_logit = self.discriminator(fake)  # (B,)
             loss = g_loss(self.config.objective, fake_logit)  # ns: -log D(G(z))
             return loss, {"d_fake": float(torch.sigmoid(fake_logit).detach().mean())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
