@@ -3,7 +3,11 @@ encoder-residual-decoder with instance norm taking the image and the tiled one-h
 attributes, D a PatchGAN body with a critic head and an attribute-classifier head, WGAN-GP with
 lambda_gp 10, lambda_cls 1, lambda_rec 10; genlab's ``cpu`` sizes (G 32 channels, 2
 down-samplings, 3 residual blocks; D 32 channels, 3 layers) on 3x32x32 images with colour (8),
-thickness (3) and rotation (3). One iteration: a critic step, then a generator step."""
+thickness (3) and rotation (3). One iteration: a critic step, then a generator step.
+
+``GENLAB`` sets genlab's model to the same: the paper's instance norm and unmasked output
+(genlab's defaults are batch norm and a masked output) and one critic step per generator step
+(the default five would leave genlab's side four critic-only steps out of five)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GENLAB = ("stargan", {})
+GENLAB = ("stargan", {"norm": "instance", "masked": False, "n_critic": 1})
 SHAPE = (3, 32, 32)
 SIZES = (8, 3, 3)
 
