@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -93,6 +94,94 @@ def discrete_sample(logits: Tensor, levels: int, u: Tensor) -> Tensor:
     cdf = torch.softmax(logits.double(), 1).cumsum(1)  # (B, K, *S)
     k = (cdf < u.double().unsqueeze(1)).sum(1).clamp_(max=levels - 1)
     return k.to(torch.float32) / (levels - 1)
+
+
+# ---- the discretised logistic (Salimans et al. 2017, PixelCNN++; Kingma et al. 2016) ------------
+#
+# Two numbers per sub-pixel, a mean m and a log-scale, instead of K logits: the level k of the
+# grid k / (K - 1) has the mass of a logistic(m, s) on the bin of width 1/(K - 1) centred on it,
+# the two edge bins extended to -inf and +inf, so the K masses sum to exactly 1 and a mean
+# beyond 0 or 1 makes black or white near-certain. Means, log-scales and x are all (B, *S).
+#
+# The log-scale is clamped from below at log(bin width) - 3, i.e. s >= bin / e^3 (about a
+# twentieth of a bin): the clamp bounds 1/s, the scale of the gradients, by e^3 (K - 1), yet
+# the centre bin of so narrow a logistic still holds 2 sigmoid(e^3 / 2) - 1 > 0.9999 of the
+# mass, so every grid value can be made near-certain. The floor is relative to the grid so that
+# it means the same for any K: a fixed -7 on [0, 1] data would cap a 256-level bin at 0.79.
+
+
+def logistic_min_log_scale(levels: int) -> float:
+    """The floor of the discretised logistic's log-scale on the ``levels`` grid: s >= bin / e^3."""
+    return -math.log(levels - 1) - 3.0
+
+
+def _in_bins(mean: Tensor, log_scale: Tensor, levels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The mean in units of a bin, m (K - 1), so that level k sits at k and its bin's edges at
+    k -+ 1/2 exactly; and w = bin width / s, the inverse scale in those units, with log w.
+
+    Standardised edges (k + 1/2 - m (K - 1)) w are then bit for bit the same for the upper edge
+    of one bin and the lower edge of the next, so the masses telescope to 1 even in float32,
+    which grid values k / (K - 1) rounded to float32 and a scale of a twentieth of a bin do not.
+    """
+    log_w = -math.log(levels - 1) - log_scale.clamp(min=logistic_min_log_scale(levels))
+    return mean * (levels - 1), log_w.exp(), log_w
+
+
+def logistic_log_prob(mean: Tensor, log_scale: Tensor, x: Tensor, levels: int) -> Tensor:
+    """log p(x) per image (B,) under a discretised logistic per sub-pixel; the sum is float64.
+
+    The terms are computed in float32 or wider (float64 in, float64 throughout). With a and b
+    the standardised upper and lower edges of x's bin (a - b = w > 0), the edge bins are
+    log sigmoid(a) and log sigmoid(-b), and an interior bin uses the identity
+    sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^-w): three terms that are each
+    stable wherever a and b lie (no difference of two CDFs near 1, which PixelCNN++ has to
+    guard). Only 1 - e^-w could underflow, for a scale of many bins; there it is replaced by
+    its expansion w e^(-w/2), i.e. the density at the bin's centre times the bin's width.
+    """
+    dtype = torch.promote_types(mean.dtype, torch.float32)  # never the half of autocast
+    centre, w, log_w = _in_bins(mean.to(dtype), log_scale.to(dtype), levels)
+    k = levels_index(x, levels)
+    upper = (k.to(dtype) + 0.5 - centre) * w  # a
+    lower = (k.to(dtype) - 0.5 - centre) * w  # b
+    # log(1 - e^-w), to float64 rounding in both branches; the clamp keeps the unused branch's
+    # gradient finite where w underflows.
+    gap = torch.where(log_w > -15.0, torch.log(-torch.expm1(-w.clamp(min=1e-30))),
+                      log_w - w / 2)
+    interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + gap
+    per = torch.where(k == 0, F.logsigmoid(upper),
+                      torch.where(k == levels - 1, F.logsigmoid(-lower), interior))
+    return per.reshape(len(x), -1).double().sum(1)
+
+
+def logistic_sample(mean: Tensor, log_scale: Tensor, levels: int, u: Tensor) -> Tensor:
+    """Values in [0, 1] on the grid, the discretised logistic's inverse CDF at ``u`` (shape of
+    x), with the same contract as :func:`discrete_sample`.
+
+    y = m + s (log u - log(1 - u)) is the continuous logistic's inverse CDF at u. Rounding y to
+    the nearest grid point and clamping to [0, 1] maps exactly the bin around level k (and,
+    for the edge levels, everything beyond) to k, so P(level k) is that bin's logistic mass:
+    the discretised distribution itself, not an approximation. Both maps are monotone, so
+    this is also its inverse CDF: larger u never gives a darker value.
+    """
+    centre, w, _ = _in_bins(mean.double(), log_scale.double(), levels)
+    u = u.double()
+    y = centre + (torch.log(u) - torch.log1p(-u)) / w  # in bins
+    k = torch.round(y).clamp_(0, levels - 1)  # +-inf (u = 0 or 1) clamp too
+    return k.to(torch.float32) / (levels - 1)
+
+
+def logistic_mean(mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
+    """E[x] of the discretised logistic, exactly, shape of ``mean``.
+
+    With grid values k / (K - 1), E[x] = sum_k P(level >= k) / (K - 1) over k = 1 .. K - 1,
+    and P(level >= k) = sigmoid((m - lower edge of bin k) / s): K - 1 sigmoids per sub-pixel.
+    """
+    dtype = torch.promote_types(mean.dtype, torch.float32)
+    centre, w, _ = _in_bins(mean.to(dtype), log_scale.to(dtype), levels)
+    edges = torch.arange(1, levels, dtype=dtype, device=mean.device) - 0.5  # in bins
+    edges = edges.view(-1, *[1] * mean.dim())  # (K - 1, 1, ...)
+    above = torch.sigmoid((centre - edges) * w)  # (K - 1, *mean.shape)
+    return above.sum(0) / (levels - 1)
 
 
 # ---- masked convolutions (PixelCNN / PixelRNN input-to-state) ------------------------------------

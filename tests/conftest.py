@@ -33,6 +33,12 @@ TINY: dict[str, dict] = {
                   "d_width": 4},
 }
 
+# Settings of a model that change its likelihood or networks enough to go through the
+# conformance suite as well: id -> (model, settings beyond its tiny config).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "conv_vae-logistic": ("conv_vae", {"levels": 256, "likelihood": "logistic"}),
+}
+
 
 class Crash(Exception):
     """What a model made to die mid-run by :func:`crash_at` raises."""
@@ -53,8 +59,10 @@ def crash_at(model: genlab.models.GenerativeModel, step: int) -> genlab.models.G
 
 
 def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.GenerativeModel:
+    """The tiny model ``name``: a registered model or a ``VARIANTS`` id."""
+    model, extra = VARIANTS.get(name, (name, {}))
     torch.manual_seed(0)
-    return genlab.create(name, shape=shape, **TINY[name])
+    return genlab.create(model, shape=shape, **{**TINY[model], **extra})
 
 
 def perturbed(name: str, shape: tuple[int, int, int], order: str | None = None,

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, one_step_per_player, tiny, tiny_batch, translate_cond
+from conftest import TINY, VARIANTS, one_step_per_player, tiny, tiny_batch, translate_cond
 
 import genlab
 from genlab.models.base import GenerativeModel
 
-NAMES = list(genlab.MODELS)
+NAMES = [*genlab.MODELS, *VARIANTS]
 
 
 def test_every_model_has_a_tiny_config_and_a_paper():
