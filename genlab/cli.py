@@ -92,6 +92,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    """argparse type: --weight-decay: a finite number, 0 allowed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def _duration(text: str) -> str:
     """argparse type: --time-budget, e.g. 90s, 10m, 1.5h; finite and positive. Returns the text
     itself, which the run's config.json records as given."""
@@ -245,7 +256,7 @@ def _train_settings(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Preset training settings, overridden by the flags the user gave."""
     settings = dict(cls.presets.get(args.preset, {}).get("train", {}))
     settings.setdefault("sample_every", 500)
-    for key in ("batch_size", "seed", "binarize", *_RESUMABLE):
+    for key in ("batch_size", "seed", "binarize", "weight_decay", *_RESUMABLE):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -266,6 +277,7 @@ def _resume_settings(args: argparse.Namespace, out: Path) -> tuple[Any, dict, di
         "--preset": (args.preset, run.get("preset")),
         "--binarize": (args.binarize, data.get("binarize")),
         "--batch-size": (args.batch_size, settings.get("batch_size")),
+        "--weight-decay": (args.weight_decay, settings.get("weight_decay", 0.0)),
         "--seed": (args.seed, data.get("seed", settings.get("seed"))),
         "--limit": (args.limit, data.get("limit")),
     }
@@ -818,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-budget", type=_duration, help="e.g. 90s, 10m, 1h")
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--lr", type=_positive_float)
+    s.add_argument("--weight-decay", type=_non_negative_float,
+                   help="L2 penalty on the weights (Adam's weight_decay; default 0)")
     s.add_argument("--clip", type=_positive_float, help="clip the gradient norm to this")
     s.add_argument("--schedule", choices=("constant", "cosine", "linear"))
     s.add_argument("--seed", type=int)

@@ -329,6 +329,7 @@ def fit(
     time_budget: str | float | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
     schedule: str = "constant",
     clip: float | None = None,
     seed: int = 0,
@@ -353,7 +354,9 @@ def fit(
     """Train ``model`` on ``data`` until ``steps`` or ``time_budget`` runs out (whichever first).
 
     ``schedule`` is "constant", "cosine" (decays to 0 over the step or time budget) or "linear"
-    (constant for the first half, then linearly to 0).
+    (constant for the first half, then linearly to 0). ``weight_decay``: an L2 penalty
+    (weight_decay / 2) |theta|^2 on every player's weights, as Adam's ``weight_decay`` adds it
+    (e.g. the background model of the likelihood-ratio OOD score, Ren et al. 2019).
     ``val_data`` is scored by :func:`evaluator_for` every ``val_every`` steps: held-out NLL for
     likelihood models ("val_loss"), FID of ``fid_samples`` samples for samplers whose data has
     a feature network ("val_fid"); ``patience``: stop after that many validations without
@@ -378,6 +381,8 @@ def fit(
     budget = parse_duration(time_budget)
     if steps is None and budget is None:
         raise ValueError("give a step budget (steps=...) or a time budget (time_budget='10m')")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
     if schedule not in ("constant", "cosine", "linear"):
         raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine or linear")
     if sample_every is not None and sample_every < 0:
@@ -385,8 +390,9 @@ def fit(
     ckpt_steps, ckpt_seconds = parse_interval(ckpt_every)
     settings = {  # what config.json records as "fit", so the run can be resumed or redone
         "steps": steps, "time_budget": time_budget, "batch_size": batch_size, "lr": lr,
-        "schedule": schedule, "clip": clip, "seed": seed, "val_every": val_every,
-        "val_limit": val_limit, "fid_samples": fid_samples, "patience": patience,
+        "weight_decay": weight_decay, "schedule": schedule, "clip": clip, "seed": seed,
+        "val_every": val_every, "val_limit": val_limit, "fid_samples": fid_samples,
+        "patience": patience,
         "restore_best": restore_best, "sample_every": sample_every, "sample_n": sample_n,
         "ckpt_every": ckpt_every, "log_every": log_every, "precision": precision,
     }  # fmt: skip
@@ -405,7 +411,8 @@ def fit(
     loader = Loader(data, batch_size, seed=seed, rank=rank, world_size=world)
     optimizers = {
         p: torch.optim.Adam(
-            list(model.parameters_for(p)), **{"lr": lr, **model.optimizer_settings(p)}
+            list(model.parameters_for(p)),
+            **{"lr": lr, "weight_decay": weight_decay, **model.optimizer_settings(p)},
         )
         for p in model.players
     }

@@ -243,3 +243,29 @@ def test_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
     for k in ("norm.running_mean", "mean_seen"):
         assert torch.allclose(r0["normed"][k], whole.state_dict()[k], atol=1e-6), k
         assert not torch.allclose(r0["normed"][k], torch.zeros(()), atol=1e-3), k
+
+
+def test_weight_decay_is_adams_l2_penalty_and_recorded(tmp_path):
+    # One step of fit with weight_decay equals one step of plain Adam on loss + wd/2 |theta|^2.
+    data = bars(32)
+    wd, lr = 0.5, 1e-2
+    torch.manual_seed(0)
+    model = genlab.create("nade", shape=(1, 4, 4), hidden=5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, data, steps=1, batch_size=32, lr=lr, weight_decay=wd, progress=False,
+        out=tmp_path / "run", sample_every=0)
+    torch.manual_seed(0)
+    ref = genlab.create("nade", shape=(1, 4, 4), hidden=5)
+    ref.load_state_dict(start)
+    opt = torch.optim.Adam(ref.parameters(), lr=lr)
+    loss, _ = ref.loss({"x": data.x}, "model")
+    penalty = sum(p.pow(2).sum() for p in ref.parameters())
+    (loss + wd / 2 * penalty).backward()
+    opt.step()
+    for (name, got), want in zip(model.state_dict().items(), ref.state_dict().values(),
+                                 strict=True):
+        torch.testing.assert_close(got, want, msg=name)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["train"]["fit"]["weight_decay"] == wd
+    with pytest.raises(ValueError, match="weight_decay"):
+        fit(model, data, steps=1, weight_decay=-1.0, progress=False)

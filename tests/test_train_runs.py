@@ -339,6 +339,7 @@ def test_resume_takes_the_flags_it_can_and_refuses_the_others(tmp_path, capsys):
         (["--seed", "1", "--limit", "5"], "--seed 1 (the run has 0); --limit 5"),
         (["--binarize", "dynamic"], "--binarize dynamic (the run has static)"),
         (["--preset", "paper"], "--preset paper (the run has cpu)"),
+        (["--weight-decay", "0.1"], "--weight-decay 0.1 (the run has 0.0)"),
     ):
         assert main([*resume, *flags, "--steps", "6"]) == 1
         err = capsys.readouterr().err
