@@ -52,9 +52,11 @@ def crash_at(model: genlab.models.GenerativeModel, step: int) -> genlab.models.G
     return model
 
 
-def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.GenerativeModel:
+def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4),
+         **settings) -> genlab.models.GenerativeModel:
+    """The tiny ``name``, with ``settings`` over its tiny config, from seed 0."""
     torch.manual_seed(0)
-    return genlab.create(name, shape=shape, **TINY[name])
+    return genlab.create(name, shape=shape, **{**TINY[name], **settings})
 
 
 def perturbed(name: str, shape: tuple[int, int, int], order: str | None = None,

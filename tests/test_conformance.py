@@ -12,6 +12,9 @@ import genlab
 from genlab.models.base import GenerativeModel
 
 NAMES = list(genlab.MODELS)
+# Every model as registered, plus the settings that build other networks.
+VARIANTS = [(n, {}) for n in NAMES] + [("aae", {"clusters": 4})]
+IDS = [n + "".join(f"-{k}={v}" for k, v in s.items()) for n, s in VARIANTS]
 
 
 def test_every_model_has_a_tiny_config_and_a_paper():
@@ -22,16 +25,16 @@ def test_every_model_has_a_tiny_config_and_a_paper():
         assert set(cls.presets) >= {"cpu", "paper"}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_one_step_per_player_changes_only_that_player(name):
-    model = tiny(name)
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
+def test_one_step_per_player_changes_only_that_player(name, settings):
+    model = tiny(name, **settings)
     one_step_per_player(model, tiny_batch(model))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
 @pytest.mark.parametrize("shape", [(1, 4, 4), (3, 2, 3)])
-def test_sample_shape_and_range(name, shape):
-    model = tiny(name, shape)
+def test_sample_shape_and_range(name, settings, shape):
+    model = tiny(name, shape, **settings)
     if not model.has("sample"):  # translation-only models: translate in its place
         with pytest.raises(genlab.Unsupported, match="no sample"):
             model.sample(5)
@@ -47,9 +50,9 @@ def test_sample_shape_and_range(name, shape):
         assert bool(((x == 0) | (x == 1)).all())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_capabilities_are_real_or_raise_unsupported(name):
-    model = tiny(name)
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
+def test_capabilities_are_real_or_raise_unsupported(name, settings):
+    model = tiny(name, **settings)
     x = tiny_batch(model, 6)["x"]
     if model.has("log_prob"):
         lp = model.log_prob(x)
@@ -69,9 +72,9 @@ def test_capabilities_are_real_or_raise_unsupported(name):
             model.translate(x, {"to": "b"})
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_save_load_gives_identical_outputs(name, tmp_path):
-    model = tiny(name)
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
+def test_save_load_gives_identical_outputs(name, settings, tmp_path):
+    model = tiny(name, **settings)
     batch = tiny_batch(model)
     # Move away from the initialisation so a load that silently re-initialises is caught.
     for player in model.players:
@@ -99,9 +102,9 @@ def test_save_load_gives_identical_outputs(name, tmp_path):
         assert torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_wrong_shape_is_a_clear_error(name):
-    model = tiny(name)
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
+def test_wrong_shape_is_a_clear_error(name, settings):
+    model = tiny(name, **settings)
     wrong = torch.zeros(2, 1, 5, 5)
     with pytest.raises(ValueError, match="expects images of shape"):
         model.loss({"x": wrong}, model.players[0])
@@ -134,11 +137,11 @@ def test_capabilities_follow_what_a_subclass_defines():
     )
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_log_prob_and_encode_are_detached_outside_training(name, tmp_path):
+@pytest.mark.parametrize(("name", "settings"), VARIANTS, ids=IDS)
+def test_log_prob_and_encode_are_detached_outside_training(name, settings, tmp_path):
     """The rule of GenerativeModel: in eval mode (what genlab.load returns) scores and features
     carry no autograd graph; in training mode log_prob is differentiable, so the loss works."""
-    model = tiny(name)
+    model = tiny(name, **settings)
     caps = [c for c in ("log_prob", "encode", "translate") if model.has(c)]
     assert caps, f"{name} has neither log_prob, encode nor translate: drop it from this test"
     x = tiny_batch(model, 4)["x"]
