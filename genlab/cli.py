@@ -7,7 +7,7 @@
     genlab sample runs/nade --complete mnist --mask bottom
     genlab sample runs/t2i --text "a thick red seven"      (or --patches P1.png P2.png)
     genlab translate runs/cyclegan mnist:mnist-colour --to b --out translated/
-    genlab eval runs/nade [--metrics nll,fid,kid,pr,cs,parzen]
+    genlab eval runs/nade [--metrics nll,fid,kid,pr,cs,parzen,clusters]
     genlab score runs/nade images/ --out scores.csv
     genlab encode runs/vae --data mnist --out feats.npz
     genlab ood runs/nade --data mnist --ood fashion-mnist
@@ -39,6 +39,7 @@ from genlab import __version__
 from genlab.data import binarization_for, describe_sources, sources_help
 from genlab.data import load as load_data
 from genlab.devices import DEVICES, PRECISIONS, resolve_device
+from genlab.metrics.clustering import check_clusters
 from genlab.models import MODELS, create, load
 from genlab.models.base import (
     MAX_SUBPIXELS,
@@ -532,9 +533,10 @@ def _run_data(run: str, source: str | None, split: str, limit: int | None,
     )
 
 
-# What `genlab eval` can measure: the likelihood, or the quality of the model's samples in the
-# feature space of genlab's own classifier (never Inception: it is not downloadable here).
-EVAL_METRICS = ("nll", "fid", "kid", "pr", "cs", "parzen")
+# What `genlab eval` can measure: the likelihood, the quality of the model's samples in the
+# feature space of genlab's own classifier (never Inception: it is not downloadable here), or
+# for a model that clusters images, its clusters as a classifier (genlab.metrics.clustering).
+EVAL_METRICS = ("nll", "fid", "kid", "pr", "cs", "parzen", "clusters")
 
 
 def _eval_metrics(model: GenerativeModel, text: str | None) -> list[str]:
@@ -549,16 +551,19 @@ def _eval_metrics(model: GenerativeModel, text: str | None) -> list[str]:
                          f"{', '.join(EVAL_METRICS)} (comma-separated)")
     if "nll" in names:
         require(model, "log_prob")
+    if "clusters" in names:
+        check_clusters(model)
     return names
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from genlab.metrics import nll, sample_quality
+    from genlab.metrics.clustering import cluster_report
     from genlab.metrics.features import feature_net_for, load_feature_net
 
     model = load(args.run, device=args.device)
     metrics = _eval_metrics(model, args.metrics)
-    wanted = [m for m in metrics if m != "nll"]
+    wanted = [m for m in metrics if m not in ("nll", "clusters")]
     net = None
     if wanted:  # the feature network is found before any data or sampling
         source = read_config(args.run).get("train", {}).get("data", {}).get("source")
@@ -576,6 +581,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         reports["nll"] = nll(model, data, batch_size=args.batch_size, progress=not args.quiet,
                              **kwargs)
         print(reports["nll"])
+    if "clusters" in metrics:  # named after the training split's labels, scored on --split
+        train = _run_data(args.run, args.data, "train", args.limit)
+        reports["clusters"] = cluster_report(model, train, data, batch_size=args.batch_size)
+        print(reports["clusters"])
     if wanted:
         val = _run_data(args.run, args.data, "val", args.limit) if "parzen" in wanted else None
         torch.manual_seed(args.seed)
@@ -936,7 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument(
         "--metrics", help="comma-separated, from " + ", ".join(EVAL_METRICS)
-        + " (default: nll for models with log_prob, else fid,kid,pr,cs)")
+        + " (default: nll for models with log_prob, else fid,kid,pr,cs; clusters: the "
+        "errors of a model's clusters named after the training split's labels)")
     s.add_argument("-n", type=_positive_int, default=10_000,
                    help="samples for the sample-quality metrics (default 10000)")
     s.add_argument("--features", help="feature network: mnist, fashion-mnist or a run folder "
@@ -944,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     s.add_argument("--data", help="default: the data the run was trained on")
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
-    s.add_argument("--limit", type=_positive_int)
+    s.add_argument("--limit", type=_positive_int,
+                   help="the first N images of the split (and, for clusters, of train)")
     s.add_argument(
         "-k", type=_importance_samples, default=None,
         help="samples for estimated likelihoods (default: the model's; VAE 5000, RNADE 1)",

