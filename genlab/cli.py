@@ -748,7 +748,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
     model = load(args.run, device=args.device)
     background = load(args.background, device=args.device) if args.background else None
     in_data, out_data, train = _ood_data(args, model)
-    kwargs = {} if model.exact or not model.has("log_prob") else {"k": args.k}
+    kwargs = {} if not model.has("log_prob") else {"k": args.k}  # for the estimates only
     report, scores = detect(model, in_data, out_data, train=train, background=background,
                             typicality_m=args.typicality_m, **kwargs)
     print(report)

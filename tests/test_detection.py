@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
 import genlab
@@ -21,7 +22,6 @@ from genlab.metrics import (
     fpr_at_tpr,
     typicality,
 )
-from tests.conftest import tiny
 
 T = torch.tensor
 
@@ -107,6 +107,22 @@ def test_scores_follow_capabilities():
     gan = tiny("gan")
     report, _ = detect(gan, data, other)
     assert [r.score for r in report.rows] == ["discriminator logit (GAN's D, not a likelihood)"]
+
+
+def test_an_estimated_background_takes_the_k_asked_for_and_an_exact_model_none():
+    data = synthetic("bars", n=20, shape=(1, 4, 4), seed=0)
+    other = Dataset((torch.rand(20, 1, 4, 4) < 0.5).float(), name="noise")
+    seen = []
+    model, bg = tiny("independent"), tiny("vae")
+    for m in (model, bg):
+        real = m.log_prob
+
+        def spy(x, real=real, m=m, **kw):
+            seen.append((m.name, kw.get("k")))
+            return real(x, **kw)
+        m.log_prob = spy
+    detect(model, data, other, background=bg, k=3)
+    assert set(seen) == {("independent", None), ("vae", 3)}  # not the VAE's default 5000
 
 
 def test_perturb_source():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny
 
 import genlab
 from genlab.cli import main
 from genlab.data import Dataset
 from genlab.metrics import knn_accuracy, linear_probe, probe, standardize
-from tests.conftest import tiny
 
 
 def _blobs(n: int, d: int, classes: int, spread: float, seed: int) -> tuple[torch.Tensor, ...]:

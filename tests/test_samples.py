@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from torch import Tensor, nn
 
 from genlab.data import Dataset, load
 from genlab.metrics import samples as S
-from tests.conftest import tiny
 
 
 class StandIn(nn.Module):

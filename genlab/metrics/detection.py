@@ -202,13 +202,16 @@ def ood_scores(
 
     ``train`` (training images) is needed for typicality's entropy estimate, ``background``
     (a model of the same shape trained on perturbed inputs) for the likelihood ratio; without
-    them those scores are skipped. ``kwargs`` go to ``log_prob`` (e.g. ``k`` for a VAE).
+    them those scores are skipped. ``kwargs`` go to the ``log_prob`` of the model and of the
+    background where it is an estimate (e.g. ``k`` for a VAE); an exact one takes none.
     """
     from genlab.metrics.likelihood import check_finite, log_probs, method_of
 
     scores: dict[str, tuple[Tensor, Tensor]] = {}
     notes: list[str] = []
     if model.has("log_prob"):
+        bg_kwargs = {} if background is None or background.exact else kwargs
+        kwargs = {} if model.exact else kwargs
         method, k = method_of(model, kwargs.get("k"))
         how = method if k is None else f"{method}, k={k}"
         lp_in, lp_out = (log_probs(model, d, batch_size, **kwargs) for d in (in_data, out_data))
@@ -231,7 +234,8 @@ def ood_scores(
             if tuple(background.shape) != tuple(model.shape):
                 raise ValueError(f"the background model is for {background.shape} images, "
                                  f"the model for {model.shape}")
-            bg_in, bg_out = (log_probs(background, d, batch_size) for d in (in_data, out_data))
+            bg_in, bg_out = (log_probs(background, d, batch_size, **bg_kwargs)
+                             for d in (in_data, out_data))
             # Anomaly = -LLR: images the background explains as well as the model are suspect.
             scores["likelihood ratio (background model)"] = (bg_in - lp_in, bg_out - lp_out)
     if has_discriminator(model):
