@@ -22,7 +22,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,6 +30,7 @@ import peers  # noqa: E402
 from speed import batch_for, machine_line, matmul_peak, parse_timing, rate, train_step  # noqa: E402
 
 import genlab  # noqa: E402
+from genlab.train import optimizers_for  # noqa: E402
 
 
 def genlab_step(name: str, settings: dict, shape: tuple[int, int, int], batch_size: int):
@@ -38,9 +38,7 @@ def genlab_step(name: str, settings: dict, shape: tuple[int, int, int], batch_si
     model = genlab.create(name, shape=shape, **settings)
     model.train()
     batch = batch_for(model, batch_size)
-    opts = {p: torch.optim.Adam(model.parameters_for(p),
-                                **{"lr": 1e-4, **model.optimizer_settings(p)})
-            for p in model.players}
+    opts = optimizers_for(model, 1e-4)  # what fit steps with
     count = 0
 
     def step() -> None:

@@ -308,6 +308,23 @@ def train_step(
     return logs
 
 
+def optimizers_for(model: GenerativeModel, lr: float,
+                   weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per player over the weights it owns, with the model's settings (e.g. beta1 0.5
+    for the games, a player's own learning rate). On CPU and CUDA the fused implementation: one
+    pass over each weight for the whole update instead of a dozen elementwise ones, the same
+    algorithm (on an MLP GAN about a tenth of the step time on CPU)."""
+    fused = model.device.type in ("cpu", "cuda")
+    return {
+        p: torch.optim.Adam(
+            list(model.parameters_for(p)),
+            **{"lr": lr, "weight_decay": weight_decay, "fused": fused,
+               **model.optimizer_settings(p)},
+        )
+        for p in model.players
+    }
+
+
 def _non_finite(model: GenerativeModel, params: list[Tensor]) -> str | None:
     """The name of the first of ``params`` holding a NaN or inf, or None (the usual case)."""
     # The 2-norm of all of them is one cheap pass (the max-abs norm is ten times slower on CPU);
@@ -409,13 +426,7 @@ def fit(
     torch.manual_seed(seed)
     random.seed(seed)
     loader = Loader(data, batch_size, seed=seed, rank=rank, world_size=world)
-    optimizers = {
-        p: torch.optim.Adam(
-            list(model.parameters_for(p)),
-            **{"lr": lr, "weight_decay": weight_decay, **model.optimizer_settings(p)},
-        )
-        for p in model.players
-    }
+    optimizers = optimizers_for(model, lr, weight_decay)
     # The learning rates fit was asked for; resume must not keep the checkpoint's.
     base_lrs = {p: [g["lr"] for g in o.param_groups] for p, o in optimizers.items()}
     evaluator = (

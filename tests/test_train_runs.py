@@ -275,7 +275,9 @@ def test_an_update_that_overflows_the_weights_is_never_checkpointed(tmp_path):
 
 
 def test_an_update_beyond_float32_names_the_step_and_player():
-    with pytest.raises(TrainingError, match="update of player 'model' at step 0 overflowed"):
+    # foreach Adam raises on a step size beyond float32; the fused one writes inf, caught next
+    with pytest.raises(TrainingError, match="update of player 'model' at step 0 (overflowed|"
+                                            "made the weight 'w' non-finite)"):
         fit(Runaway(w=0.0), bars(), steps=10, lr=1e38, batch_size=8, progress=False)
 
 
