@@ -30,6 +30,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,26 +83,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: --lr, --clip: a finite number above 0."""
+def _checked_float(text: str, ok: Callable[[float], bool], must: str) -> float:
+    """``text`` as a finite float for which ``ok`` holds, else "must be ``must``"."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {must}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: --lr, --clip: a finite number above 0."""
+    return _checked_float(text, lambda v: v > 0, "a positive number")
 
 
 def _non_negative_float(text: str) -> float:
     """argparse type: --weight-decay: a finite number, 0 allowed."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _checked_float(text, lambda v: v >= 0, "a number >= 0")
 
 
 def _duration(text: str) -> str:

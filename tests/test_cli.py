@@ -245,6 +245,8 @@ def usage_error(capsys, *argv):
         (["train", "nade", "--clip", "0"], "--clip: must be a positive number, got '0'"),
         (["train", "nade", "--clip", "-1"], "--clip: must be a positive number"),
         (["train", "nade", "--lr", "nan"], "--lr: must be a positive number, got 'nan'"),
+        (["train", "nade", "--weight-decay", "-1"], "--weight-decay: must be a number >= 0"),
+        (["train", "nade", "--weight-decay", "inf"], "--weight-decay: must be a number >= 0"),
         (["train", "nade", "--time-budget", "nan"], "--time-budget: expected a positive duration"),
         (["train", "nade", "--time-budget", "0"], "such as 90s, 10m or 1.5h, got '0'"),
         (["train", "nade", "--time-budget=-5m"], "got '-5m'"),

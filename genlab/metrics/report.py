@@ -157,7 +157,7 @@ def _ood_cell(model: Any, config: dict[str, Any], test: Any, ood: str, limit: in
 
     split = "all" if Path(ood).exists() else "test"
     out_data = _run_data(config, split, limit, source=ood)
-    kw = {} if model.exact or not model.has("log_prob") or k is None else {"k": k}
+    kw = {} if k is None else {"k": k}  # ood_scores gives it to the estimates only
     torch.manual_seed(0)  # an estimated likelihood draws: the same cell on every call
     scores, _ = ood_scores(model, test, out_data, batch_size=batch_size, **kw)
     name, (s_in, s_out) = next(iter(scores.items()))
