@@ -80,7 +80,7 @@ def test_no_feature_network_gives_dashes(runs, tmp_path):
     assert _cells(row)[6:11] == [DASH] * 5
 
 
-def test_ood_auroc_and_probe_columns_match_their_own_commands(runs, tmp_path):
+def test_ood_auroc_and_probe_columns_match_their_own_commands(runs, tmp_path, capsys):
     """The OOD AUROC cell is the log-likelihood's (the GAN's: its discriminator's) AUROC that
     `genlab.metrics.detect` computes on the same data; the probe cell is `probe`'s accuracy."""
     import genlab
@@ -118,6 +118,12 @@ def test_ood_auroc_and_probe_columns_match_their_own_commands(runs, tmp_path):
     assert _cells(row)[at["OOD AUROC"]] == DASH
     with pytest.raises(ValueError, match="needs an OOD source"):
         parse_metrics("ood")
+    # an OOD source that does not exist is refused before the first run's metrics
+    capsys.readouterr()
+    assert main(["compare", str(runs[0]), "--out", str(tmp_path / "bad"), "--ood",
+                 str(tmp_path / "nowhere"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown data source" in err and "[1/1]" not in err and err.count("\n") == 1
     assert "ood" not in parse_metrics(None) and "ood" in parse_metrics(None, "mnist")
 
 

@@ -22,7 +22,14 @@ from genlab.data.dataset import BINARIZE_MODES, SPLITS, Batch, DataError, Datase
 from genlab.data.fashion_mnist import FASHION_CLASSES, FASHION_MNIST_DIR
 from genlab.data.loader import Loader
 from genlab.data.mnist import MNIST_CLASSES
-from genlab.data.registry import SOURCES, SourceEntry, describe_sources, load, sources_help
+from genlab.data.registry import (
+    SOURCES,
+    SourceEntry,
+    check_source,
+    describe_sources,
+    load,
+    sources_help,
+)
 from genlab.data.synth import synthetic
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "SPLITS",
     "SourceEntry",
     "binarization_for",
+    "check_source",
     "binarize",
     "describe_sources",
     "load",

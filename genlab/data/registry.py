@@ -261,6 +261,13 @@ def _resolve(source: str | Path) -> tuple[SourceEntry, str, str]:
     raise DataError(f"{text}: expected {_path_nouns()}")
 
 
+def check_source(source: str | Path) -> None:
+    """The one-line DataError ``load`` would give for an unknown ``source``, without reading
+    any data: for commands that load it only after slow work."""
+    wrapped = perturb.parse(source) if isinstance(source, str) else None
+    _resolve(wrapped[1] if wrapped is not None else source)
+
+
 def _open(entry: SourceEntry, request: Request) -> Source:
     try:
         return entry.open(request)

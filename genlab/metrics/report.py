@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import torch
 
+from genlab.data import check_source
 from genlab.data import load as load_data
 from genlab.models import load
 from genlab.models.base import read_config
@@ -333,6 +334,8 @@ def compare(runs: list[str], out: str | Path, metrics: list[str] | None = None,
     metrics = metrics if metrics is not None else parse_metrics(None, ood)
     for run in runs:  # every run is checked before the first slow metric
         read_config(run)  # the checks every command applies: present, a regular file, JSON
+    if ood is not None and "ood" in metrics:
+        check_source(ood)  # and the OOD source, which is loaded after each run's other metrics
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
