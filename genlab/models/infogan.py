@@ -66,6 +66,60 @@ class InfoGANConfig:
     lr_g: float | None = None  # learning rate of G (the paper: 1e-3 G, 2e-4 D)
     objective: str = "ns"  # the adversarial losses (genlab.models.adversarial)
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
+    arch: str = "dcgan"  # "dcgan": genlab's DCGAN blocks; "paper": the paper's MNIST nets
+
+
+class PaperDiscriminator(nn.Module):
+    """The paper's MNIST discriminator body (its appendix C.1): x (B, C, H, W) in [-1, 1] ->
+    4x4 stride-2 convolutions of 64 and 128 channels (batch norm on the second, leaky ReLU 0.1)
+    -> FC 1024, batch norm, leaky ReLU -> (B, 1024) features, which D's logit and Q share. The
+    fully connected layer is what the DCGAN blocks lack: Q reads the code from 1,024 global
+    features instead of a 4x4 map."""
+
+    def __init__(self, shape: tuple[int, int, int], width: int = 64, hidden: int = 1024) -> None:
+        super().__init__()
+        c, h, w = shape
+        if h % 4 or w % 4:
+            raise ValueError(f"arch=paper needs a height and width divisible by 4, got {h}x{w}")
+        self.out_dim = hidden
+        self.body = nn.Sequential(
+            nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.1),  # (B, 64, H/2, W/2)
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.1), nn.Flatten(),  # (B, 128 * H/4 * W/4)
+            nn.Linear(2 * width * (h // 4) * (w // 4), hidden, bias=False),
+            nn.BatchNorm1d(hidden), nn.LeakyReLU(0.1),  # (B, 1024)
+        )
+        self.head = nn.Linear(hidden, 1)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.body(x)  # (B, 1024)
+
+
+class PaperGenerator(nn.Module):
+    """The paper's MNIST generator: (B, latent) -> FC 1024 -> FC 128 x H/4 x W/4 (batch norm and
+    ReLU after each) -> 4x4 stride-2 transposed convolutions to 64 channels (batch norm, ReLU)
+    and to C channels: (B, C, H, W) pre-activations (the caller applies tanh)."""
+
+    def __init__(self, latent: int, shape: tuple[int, int, int], width: int = 64,
+                 hidden: int = 1024) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.start = (2 * width, h // 4, w // 4)
+        self.fc = nn.Sequential(
+            nn.Linear(latent, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, math.prod(self.start), bias=False),
+            nn.BatchNorm1d(math.prod(self.start)), nn.ReLU(),
+        )
+        self.conv = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(), nn.ConvTranspose2d(width, c, 4, 2, 1),  # (B, C, H, W)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.conv(self.fc(z).view(-1, *self.start))
+
+
+ARCHES = {"dcgan": (ConvGenerator, ConvDiscriminator), "paper": (PaperGenerator, PaperDiscriminator)}
 
 
 class InfoGAN(Adversarial):
@@ -85,14 +139,13 @@ class InfoGAN(Adversarial):
             "model": {"width": 32, "q_hidden": 64, "lr_d": 2e-4, "lr_g": 1e-3},
             "train": {"batch_size": 100, "lr": 2e-4, "steps": 4000, "binarize": None},
         },
-        # The paper's MNIST settings (its appendix C.1): 62 noise variables, one 10-way and two
-        # continuous codes, Adam with lr 2e-4 for D and 1e-3 for G, batch 100, Q = FC 128-BN-
-        # lReLU on D's body; 50 epochs of the 60k images. The networks differ: the paper's D is
-        # two 4x4 stride-2 convolutions (64, 128) and FC 1024, its G FC 1024, FC 7x7x128 and two
-        # transposed convolutions; here both are genlab's DCGAN blocks at width 64 (D 64-128-256
-        # down to 4x4 on the image padded to 32x32, G the mirror image).
+        # The paper's MNIST settings (its appendix C.1): its networks (``arch="paper"``: D two
+        # 4x4 stride-2 convolutions of 64 and 128 channels and FC 1024, G FC 1024, FC 7x7x128 and
+        # two transposed convolutions), 62 noise variables, one 10-way and two continuous codes,
+        # Adam with lr 2e-4 for D and 1e-3 for G, batch 100, Q = FC 128-BN-lReLU on D's body;
+        # 50 epochs of the 60k images.
         "paper": {
-            "model": {"width": 64, "q_hidden": 128, "lr_d": 2e-4, "lr_g": 1e-3},
+            "model": {"arch": "paper", "width": 64, "q_hidden": 128, "lr_d": 2e-4, "lr_g": 1e-3},
             "train": {"batch_size": 100, "lr": 2e-4, "steps": 30000, "binarize": None},
         },
     }
@@ -109,11 +162,14 @@ class InfoGAN(Adversarial):
         if config.width < 1 or config.q_hidden < 1:
             raise ValueError("width and q_hidden must be at least 1")
         check_objective(config.objective)
+        if config.arch not in ARCHES:
+            raise ValueError(f"arch must be one of {sorted(ARCHES)}, got {config.arch!r}")
         if config.objective == "wgan":  # a critic without its gradient penalty: not this model
             raise ValueError("objective wgan needs a gradient penalty: use progan or stargan")
         self.code_dim = config.categories + config.continuous  # one-hot + continuous
-        self.generator = ConvGenerator(config.noise + self.code_dim, self.shape, config.width)
-        self.discriminator = ConvDiscriminator(self.shape, config.width)
+        generator, discriminator = ARCHES[config.arch]
+        self.generator = generator(config.noise + self.code_dim, self.shape, config.width)
+        self.discriminator = discriminator(self.shape, config.width)
         # Q reads the codes from the body D's logit also uses (the shared feature map).
         per_code = 2 if config.learn_std else 1
         self.q = nn.Sequential(
