@@ -61,8 +61,9 @@ def test_clustering_error_counts_only_one_to_one_matches():
     assert clustering_error(clusters, labels) == pytest.approx(1 / 6)
 
 
-def test_the_q_head_shares_the_discriminators_body():
-    model = tiny("infogan")
+@pytest.mark.parametrize("arch", ["dcgan", "paper"])
+def test_the_q_head_shares_the_discriminators_body(arch):
+    model = tiny("infogan", arch=arch)
     x = tiny_batch(model)["x"]
     owned = {id(p) for p in model.parameters_for("d")}
     assert {id(p) for p in model.q.parameters()} <= owned
@@ -78,6 +79,23 @@ def test_the_q_head_shares_the_discriminators_body():
     logits, _, _ = model.posterior(model.discriminator.feature_map(x * 2 - 1))
     logits.sum().backward()
     assert model.discriminator.body[0].weight.grad.abs().sum() > 0
+
+
+def test_the_papers_networks():
+    model = tiny("infogan", shape=(1, 28, 28), arch="paper", width=8)
+    d = model.discriminator
+    assert d.body[2].out_channels == 16 and d.body[6].out_features == 1024  # conv 2w, FC 1024
+    assert model.generator.start == (16, 7, 7)  # FC to 7x7x2w, then two transposed convs
+    model.train()
+    for player in model.players:  # both players step on 28x28 digits
+        loss, _ = model.loss(tiny_batch(model, 4), player)
+        assert torch.isfinite(loss)
+    model.eval()
+    assert model.sample(3).shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tiny("infogan", shape=(1, 30, 30), arch="paper")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        tiny("infogan", arch="resnet")
 
 
 def test_the_information_bound_is_at_most_ln_k_and_reaches_it():

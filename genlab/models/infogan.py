@@ -119,7 +119,9 @@ class PaperGenerator(nn.Module):
         return self.conv(self.fc(z).view(-1, *self.start))
 
 
-ARCHES = {"dcgan": (ConvGenerator, ConvDiscriminator), "paper": (PaperGenerator, PaperDiscriminator)}
+# The (generator, discriminator) pair of each ``arch``.
+ARCHES = {"dcgan": (ConvGenerator, ConvDiscriminator),
+          "paper": (PaperGenerator, PaperDiscriminator)}
 
 
 class InfoGAN(Adversarial):
