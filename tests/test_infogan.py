@@ -92,6 +92,11 @@ def test_the_papers_networks():
         assert torch.isfinite(loss)
     model.eval()
     assert model.sample(3).shape == (3, 1, 28, 28)
+    torch.manual_seed(0)
+    normal = genlab.create("infogan", shape=(1, 28, 28), arch="paper", normal_init=True)
+    fc = normal.discriminator.body[6].weight.detach()  # 6272 -> 1024: torch's default std 0.007
+    assert abs(float(fc.std()) - 0.02) < 1e-3 and abs(float(fc.mean())) < 1e-3
+    assert genlab.MODELS["infogan"].presets["cpu"]["model"]["normal_init"] is True
     with pytest.raises(ValueError, match="divisible by 4"):
         tiny("infogan", shape=(1, 30, 30), arch="paper")
     with pytest.raises(ValueError, match="arch must be one of"):

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from genlab.metrics.clustering import check_clusters, cluster_probabilities, clustering_error
 from genlab.models.adversarial import Adversarial, check_objective, d_loss, g_loss
-from genlab.nn import ConvDiscriminator, ConvGenerator, frozen
+from genlab.nn import ConvDiscriminator, ConvGenerator, dcgan_init, frozen
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -67,6 +67,10 @@ class InfoGANConfig:
     objective: str = "ns"  # the adversarial losses (genlab.models.adversarial)
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
     arch: str = "dcgan"  # "dcgan": genlab's DCGAN blocks; "paper": the paper's MNIST nets
+    # True: every weight from N(0, 0.02), as in the authors' code (and DCGAN's); False: torch's
+    # default, uniform with std 1/sqrt(3 fan-in): 0.007 for D's 6,272-input layer, 0.07 for G's
+    # first, 0.14 for D's first convolution.
+    normal_init: bool = False
 
 
 class PaperDiscriminator(nn.Module):
@@ -135,12 +139,14 @@ class InfoGAN(Adversarial):
     owners = {"d": ("discriminator", "q"), "g": ("generator",)}
     cluster_setting = "categories"  # the setting that gives a run clusters (for messages)
     presets = {
-        # MNIST on one CPU core: the paper's networks, learning rates and batch size; 3,000
-        # steps (6 epochs, about 25 minutes on one core). Its DCGAN blocks (``arch="dcgan"``,
-        # width 32) trained 1.7x faster per step but left the categories mixed (40% test error
-        # against 8% for these networks, benchmarks/RESULTS.md).
+        # MNIST on one CPU core: the paper's networks, initialisation, learning rates and batch
+        # size; 3,000 steps (6 epochs, about 25 minutes of one core). genlab's DCGAN blocks
+        # (``arch="dcgan"``, width 32) train 1.7x faster per step but leave the categories
+        # mixed; torch's default initialisation let G collapse early in some seeds
+        # (benchmarks/RESULTS.md, InfoGAN).
         "cpu": {
-            "model": {"arch": "paper", "width": 64, "q_hidden": 128, "lr_d": 2e-4, "lr_g": 1e-3},
+            "model": {"arch": "paper", "normal_init": True, "width": 64, "q_hidden": 128,
+                      "lr_d": 2e-4, "lr_g": 1e-3},
             "train": {"batch_size": 100, "lr": 2e-4, "steps": 3000, "binarize": None},
         },
         # The paper's MNIST settings (its appendix C.1): its networks (``arch="paper"``: D two
@@ -149,7 +155,8 @@ class InfoGAN(Adversarial):
         # Adam with lr 2e-4 for D and 1e-3 for G, batch 100, Q = FC 128-BN-lReLU on D's body;
         # 50 epochs of the 60k images.
         "paper": {
-            "model": {"arch": "paper", "width": 64, "q_hidden": 128, "lr_d": 2e-4, "lr_g": 1e-3},
+            "model": {"arch": "paper", "normal_init": True, "width": 64, "q_hidden": 128,
+                      "lr_d": 2e-4, "lr_g": 1e-3},
             "train": {"batch_size": 100, "lr": 2e-4, "steps": 30000, "binarize": None},
         },
     }
@@ -181,6 +188,8 @@ class InfoGAN(Adversarial):
             nn.BatchNorm1d(config.q_hidden), nn.LeakyReLU(0.2),
             nn.Linear(config.q_hidden, config.categories + per_code * config.continuous),
         )
+        if config.normal_init:
+            dcgan_init(self)
         self.keep_average()
 
     # ---- the latent code ---------------------------------------------------------------------
