@@ -37,7 +37,7 @@ VARIANTS: list[tuple[str, tuple[int, int, int], dict]] = [
     ("dcgan", (3, 16, 16), {}),  # batch norm in both nets (none at 4x4)
     ("aae", (1, 4, 4), {"prior": "labelled_mog", "components": 3}),
     ("aae", (1, 4, 4), {"clusters": 3}),
-    ("infogan", (1, 8, 8), {"arch": "paper"}),  # fully connected layers with batch norm
+    ("infogan", (3, 8, 12), {"arch": "paper"}),  # fully connected layers with batch norm
 ]
 
 

@@ -92,13 +92,21 @@ def test_the_papers_networks():
         assert torch.isfinite(loss)
     model.eval()
     assert model.sample(3).shape == (3, 1, 28, 28)
+    colour = tiny("infogan", shape=(3, 8, 12), arch="paper", width=4)  # not square, 3 channels
+    assert colour.generator.start == (8, 2, 3)
+    for player in colour.players:
+        assert torch.isfinite(colour.loss(tiny_batch(colour, 4), player)[0])
+    colour.eval()
+    assert colour.sample(2).shape == (2, 3, 8, 12)
+    assert colour.encode(tiny_batch(colour, 2)["x"]).shape == (2, 5)
     torch.manual_seed(0)
     normal = genlab.create("infogan", shape=(1, 28, 28), arch="paper", normal_init=True)
     fc = normal.discriminator.body[6].weight.detach()  # 6272 -> 1024: torch's default std 0.007
     assert abs(float(fc.std()) - 0.02) < 1e-3 and abs(float(fc.mean())) < 1e-3
     assert genlab.MODELS["infogan"].presets["cpu"]["model"]["normal_init"] is True
-    with pytest.raises(ValueError, match="divisible by 4"):
-        tiny("infogan", shape=(1, 30, 30), arch="paper")
+    for bad in [(1, 30, 28), (1, 28, 30)]:
+        with pytest.raises(ValueError, match="divisible by 4"):
+            tiny("infogan", shape=bad, arch="paper")
     with pytest.raises(ValueError, match="arch must be one of"):
         tiny("infogan", arch="resnet")
 

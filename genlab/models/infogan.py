@@ -67,10 +67,18 @@ class InfoGANConfig:
     objective: str = "ns"  # the adversarial losses (genlab.models.adversarial)
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
     arch: str = "dcgan"  # "dcgan": genlab's DCGAN blocks; "paper": the paper's MNIST nets
-    # True: every weight from N(0, 0.02), as in the authors' code (and DCGAN's); False: torch's
-    # default, uniform with std 1/sqrt(3 fan-in): 0.007 for D's 6,272-input layer, 0.07 for G's
-    # first, 0.14 for D's first convolution.
+    # True: every convolution and linear weight from N(0, 0.02), as in the authors' code (and
+    # DCGAN's: genlab.nn.dcgan_init); False: torch's default, uniform with std 1/sqrt(3 fan-in):
+    # 0.007 for D's 6,272-input layer, 0.07 for G's first, 0.14 for D's first convolution.
     normal_init: bool = False
+
+
+def _quarter(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(H/4, W/4): the side of the paper's nets' 7x7 map for 28x28 images, after two halvings."""
+    _, h, w = shape
+    if h % 4 or w % 4:
+        raise ValueError(f"arch=paper needs a height and width divisible by 4, got {h}x{w}")
+    return h // 4, w // 4
 
 
 class PaperDiscriminator(nn.Module):
@@ -82,15 +90,13 @@ class PaperDiscriminator(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], width: int = 64, hidden: int = 1024) -> None:
         super().__init__()
-        c, h, w = shape
-        if h % 4 or w % 4:
-            raise ValueError(f"arch=paper needs a height and width divisible by 4, got {h}x{w}")
+        h4, w4 = _quarter(shape)
         self.out_dim = hidden
         self.body = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.1),  # (B, 64, H/2, W/2)
+            nn.Conv2d(shape[0], width, 4, 2, 1), nn.LeakyReLU(0.1),  # (B, 64, H/2, W/2)
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
             nn.LeakyReLU(0.1), nn.Flatten(),  # (B, 128 * H/4 * W/4)
-            nn.Linear(2 * width * (h // 4) * (w // 4), hidden, bias=False),
+            nn.Linear(2 * width * h4 * w4, hidden, bias=False),
             nn.BatchNorm1d(hidden), nn.LeakyReLU(0.1),  # (B, 1024)
         )
         self.head = nn.Linear(hidden, 1)
@@ -107,8 +113,7 @@ class PaperGenerator(nn.Module):
     def __init__(self, latent: int, shape: tuple[int, int, int], width: int = 64,
                  hidden: int = 1024) -> None:
         super().__init__()
-        c, h, w = shape
-        self.start = (2 * width, h // 4, w // 4)
+        self.start = (2 * width, *_quarter(shape))
         self.fc = nn.Sequential(
             nn.Linear(latent, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
             nn.Linear(hidden, math.prod(self.start), bias=False),
@@ -116,7 +121,7 @@ class PaperGenerator(nn.Module):
         )
         self.conv = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(), nn.ConvTranspose2d(width, c, 4, 2, 1),  # (B, C, H, W)
+            nn.ReLU(), nn.ConvTranspose2d(width, shape[0], 4, 2, 1),  # (B, C, H, W)
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -140,10 +145,11 @@ class InfoGAN(Adversarial):
     cluster_setting = "categories"  # the setting that gives a run clusters (for messages)
     presets = {
         # MNIST on one CPU core: the paper's networks, initialisation, learning rates and batch
-        # size; 3,000 steps (6 epochs, about 25 minutes of one core). genlab's DCGAN blocks
-        # (``arch="dcgan"``, width 32) train 1.7x faster per step but leave the categories
-        # mixed; torch's default initialisation let G collapse early in some seeds
-        # (benchmarks/RESULTS.md, InfoGAN).
+        # size; 3,000 steps (6 epochs, about 25 minutes of one core beside another job).
+        # genlab's DCGAN blocks (``arch="dcgan"``, width 32) cost a third of the arithmetic per
+        # step (6.8 against 20.1 GFLOP at batch 64) but leave the categories mixed; torch's
+        # default initialisation let G collapse early in some seeds (benchmarks/RESULTS.md,
+        # InfoGAN).
         "cpu": {
             "model": {"arch": "paper", "normal_init": True, "width": 64, "q_hidden": 128,
                       "lr_d": 2e-4, "lr_g": 1e-3},
