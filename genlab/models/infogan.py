@@ -77,7 +77,8 @@ def _quarter(shape: tuple[int, int, int]) -> tuple[int, int]:
     """(H/4, W/4): the side of the paper's nets' 7x7 map for 28x28 images, after two halvings."""
     _, h, w = shape
     if h % 4 or w % 4:
-        raise ValueError(f"arch=paper needs a height and width divisible by 4, got {h}x{w}")
+        raise ValueError(f"arch=paper needs a height and width divisible by 4, got {h}x{w}; "
+                         "--set arch=dcgan takes any size")
     return h // 4, w // 4
 
 
