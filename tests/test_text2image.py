@@ -13,10 +13,12 @@ from conftest import tiny, tiny_batch
 
 import genlab
 from genlab.data import Dataset, synthetic
-from genlab.data.captions import MAX_WORDS, VOCAB, tokenize
+from genlab.data.attributes import ATTRIBUTES
+from genlab.data.captions import DIGIT_WORDS, HELDOUT, MAX_WORDS, VOCAB, detokenize, tokenize
 from genlab.models.text2image import (
     POOL,
     caption_accuracy,
+    change_digit,
     interpolate,
     matching_d_loss,
     matching_g_loss,
@@ -105,6 +107,39 @@ def test_d_step_trains_the_text_encoder():
     loss.backward()
     assert model.text_encoder.embed.weight.grad.abs().sum() > 0
     assert set(logs) == {"d_real", "d_wrong", "d_fake"}
+
+
+def test_change_digit_edits_only_the_digit_and_never_makes_a_held_out_pair():
+    # Every form a caption names its digit in, every colour, and a caption naming no digit.
+    colours = list(ATTRIBUTES["colour"])
+    texts = [f"a {c} {noun} on navy tilted left"
+             for d in range(10) for c in colours
+             for noun in (DIGIT_WORDS[d], str(d), f"digit {DIGIT_WORDS[d]}", f"number {d}")]
+    texts.append("a red trouser on navy")
+    ids = tokenize(texts)
+    as_digit = {**{w: d for d, w in enumerate(DIGIT_WORDS)}, **{str(d): d for d in range(10)}}
+    for seed in range(5):
+        edited, named = change_digit(ids, torch.Generator().manual_seed(seed))
+        assert named[:-1].all() and not named[-1]
+        assert torch.equal(edited[-1], ids[-1])
+        for before, after in zip(detokenize(ids[:-1]), detokenize(edited[:-1]), strict=True):
+            b, a = before.split(), after.split()
+            diff = [i for i, (u, v) in enumerate(zip(b, a, strict=True)) if u != v]
+            assert len(diff) == 1  # one word changed: the digit, in the same form
+            old, new = b[diff[0]], a[diff[0]]
+            assert old.isdigit() == new.isdigit() and as_digit[new] != as_digit[old]
+            colour = colours.index(next(w for w in b if w in colours))
+            assert (as_digit[new], colour) not in HELDOUT
+
+
+def test_digit_negatives_and_per_player_learning_rates_reach_the_step():
+    model = tiny("text2image", digit_negatives=1.0, lr_g=1e-3)
+    loss, _ = model.loss(tiny_batch(model), "d")
+    assert torch.isfinite(loss)
+    assert model.optimizer_settings("g")["lr"] == 1e-3
+    assert "lr" not in model.optimizer_settings("d")
+    with pytest.raises(ValueError, match="lr_d"):
+        tiny("text2image", lr_d=-1.0).optimizer_settings("d")
 
 
 def test_caption_accuracy_on_hand_made_predictions():

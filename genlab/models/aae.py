@@ -220,10 +220,6 @@ class AAE(Adversarial):
             self.owners = {**self.owners, "d": ("discriminator", "cluster_discriminator")}
         self.keep_average()
 
-    def optimizer_settings(self, player: str) -> dict[str, Any]:
-        lr = self.config.lr_ae if player == "ae" else None
-        return {**super().optimizer_settings(player), **({"lr": lr} if lr else {})}
-
     # ---- the prior ------------------------------------------------------------------------
     def prior_sample(self, n: int, y: Tensor | None = None,
                      generator: torch.Generator | None = None) -> Tensor:

@@ -145,7 +145,13 @@ class Adversarial(GenerativeModel):
                     yield p
 
     def optimizer_settings(self, player: str) -> dict[str, Any]:
-        return {"betas": self.betas}
+        """Adam's betas for every player; a config field ``lr_<player>`` (``lr_d``, ``lr_g``,
+        ``lr_ae``), when set, replaces the trainer's learning rate for that player: the
+        two-time-scale rule a GAN whose D wins early needs (InfoGAN's G learns 5x faster)."""
+        lr = getattr(self.config, f"lr_{player}", None)
+        if lr is not None and not lr > 0:
+            raise ValueError(f"lr_{player} must be a positive number (or None), got {lr}")
+        return {"betas": self.betas, **({"lr": lr} if lr else {})}
 
     # ---- the generator's exponential moving average -----------------------------------------
     @property

@@ -251,10 +251,6 @@ class InfoGAN(Adversarial):
         return term, logs
 
     # ---- the training protocol (players "d" (with Q) and "g", Adam beta1 0.5) ---------------
-    def optimizer_settings(self, player: str) -> dict[str, Any]:
-        lr = self.config.lr_d if player == "d" else self.config.lr_g
-        return {**super().optimizer_settings(player), **({"lr": lr} if lr else {})}
-
     def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
         x = batch["x"]
         self.check_input(x)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from genlab.data import captions
 from genlab.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 from genlab.models.adversarial import Adversarial
-from genlab.nn import ConvDiscriminator, ConvGenerator, frozen, minibatch_std
+from genlab.nn import ConvDiscriminator, ConvGenerator, dcgan_init, frozen, minibatch_std
 
 
 @dataclass
@@ -68,6 +68,10 @@ class Text2ImageConfig:
     slope: float = 0.2  # LeakyReLU slope (D and the text compressions)
     minibatch_std: bool = False  # D also sees its 4x4 map's spread over the batch (see judge)
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
+    lr_d: float | None = None  # D's (and the text encoder's) learning rate (None: the trainer's)
+    lr_g: float | None = None  # G's learning rate (None: the trainer's)
+    normal_init: bool = False  # DCGAN's N(0, 0.02) weights (genlab.nn.dcgan_init)
+    digit_negatives: float = 0.0  # share of wrong texts that are the right one, digit changed
 
 
 # ---- the text side ------------------------------------------------------------------------------
@@ -100,6 +104,44 @@ def shifted(n: int, device: torch.device | None = None) -> Tensor:
     """(n,) indices i -> i + 1 mod n: the batch's "wrong" texts, a permutation without fixed
     points for n >= 2 (for n = 1 there is no other text; the row is its own pair)."""
     return torch.roll(torch.arange(n, device=device), -1)
+
+
+@functools.cache
+def _word_ids() -> tuple[Tensor, Tensor]:
+    """(2, 10) ids of the digit words ("zero".."nine") and numerals ("0".."9"), and (V,) the
+    stroke colour index of each vocabulary word (-1 for a word that names no stroke colour)."""
+    digits = torch.tensor([[captions.WORD_ID[w] for w in captions.DIGIT_WORDS],
+                           [captions.WORD_ID[str(d)] for d in range(10)]])
+    colour = torch.full((len(captions.VOCAB),), -1, dtype=torch.long)
+    for i, name in enumerate(ATTRIBUTES["colour"]):
+        for w in captions.COLOUR_SYNONYMS.get(name, [name]):
+            colour[captions.WORD_ID[w]] = i
+    return digits, colour
+
+
+def change_digit(ids: Tensor, g: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Hard wrong texts: ids (B, L) with the digit each caption names replaced by another
+    digit in the same form ("seven" -> "two", "7" -> "2"), everything else kept.
+
+    The new digit is uniform over the other nine, less those that would make a held-out
+    (digit, colour) pair (:data:`genlab.data.captions.HELDOUT`): held-out captions stay
+    unseen in training, as negatives too. Returns the edited ids and (B,) bool, False for a
+    row that names no digit (left unchanged)."""
+    digits, colour_of = (a.to(ids.device) for a in _word_ids())
+    hit = ids[:, :, None, None] == digits  # (B, L, 2, 10)
+    where = hit.flatten(2).any(2)  # (B, L): the digit's position
+    named = where.any(1)  # (B,)
+    form_digit = hit.flatten(1).float().argmax(1)  # (B,) index into L * 2 * 10
+    form = (form_digit // 10) % 2  # (B,) 0 word, 1 numeral
+    digit = form_digit % 10  # (B,)
+    colour = colour_of[ids].max(1).values  # (B,) -1 where no stroke colour is named
+    allowed = torch.ones(ids.shape[0], 10, dtype=torch.bool, device=ids.device)
+    allowed[torch.arange(ids.shape[0], device=ids.device), digit] = False
+    for d, c in captions.HELDOUT:
+        allowed[:, d] &= colour != c
+    new = torch.multinomial(allowed.float(), 1, generator=g).squeeze(1)  # (B,)
+    edited = torch.where(where, digits[form, new][:, None], ids)
+    return torch.where(named[:, None], edited, ids), named
 
 
 def interpolate(t: Tensor, beta: float) -> Tensor:
@@ -249,6 +291,8 @@ class Text2Image(Adversarial):
         # Token ids (POOL, MAX_WORDS) of the captions `sample` draws from when given no text;
         # a buffer, so it sits on the model's device, but not saved (it is always the same).
         self.register_buffer("pool", _pool().clone(), persistent=False)
+        if config.normal_init:
+            dcgan_init(self)
         self.keep_average()
 
     def _noise(self, n: int, device: torch.device) -> Tensor:
@@ -267,7 +311,12 @@ class Text2Image(Adversarial):
                 fake = self.generator(self._noise(b, x.device), t.detach())
             real_map = self.discriminator.image_map(x * 2 - 1)  # (B, F, 4, 4)
             real_right = self.discriminator.judge(real_map, t)  # (B,)
-            real_wrong = self.discriminator.judge(real_map, t[wrong])  # (B,)
+            t_wrong = t[wrong]  # (B, text)
+            if self.config.digit_negatives > 0:  # some rows: own caption, another digit
+                edited, named = change_digit(ids)
+                use = named & (torch.rand(b, device=x.device) < self.config.digit_negatives)
+                t_wrong = torch.where(use[:, None], self.text_encoder(edited), t_wrong)
+            real_wrong = self.discriminator.judge(real_map, t_wrong)  # (B,)
             fake_right = self.discriminator(fake, t)  # (B,)
             loss = matching_d_loss(real_right, real_wrong, fake_right)
             return loss, {"d_real": float(torch.sigmoid(real_right).detach().mean()),
