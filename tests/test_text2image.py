@@ -133,13 +133,27 @@ def test_change_digit_edits_only_the_digit_and_never_makes_a_held_out_pair():
 
 
 def test_digit_negatives_and_per_player_learning_rates_reach_the_step():
-    model = tiny("text2image", digit_negatives=1.0, lr_g=1e-3)
-    loss, _ = model.loss(tiny_batch(model), "d")
-    assert torch.isfinite(loss)
+    model = tiny("text2image", lr_g=1e-3)
+    batch = tiny_batch(model)
+    colours = list(ATTRIBUTES["colour"])
+    batch["text"] = tokenize([f"a {colours[i % 8]} {DIGIT_WORDS[i % 10]}"
+                              for i in range(len(batch["x"]))])
+    logs = {}
+    for share in (0.0, 1.0):  # same weights, same noise: only the wrong texts differ
+        model.config.digit_negatives = share
+        torch.manual_seed(1)
+        loss, logs[share] = model.loss(batch, "d")
+        assert torch.isfinite(loss)
+    assert logs[0.0]["d_real"] == logs[1.0]["d_real"]
+    assert logs[0.0]["d_wrong"] != logs[1.0]["d_wrong"]
     assert model.optimizer_settings("g")["lr"] == 1e-3
     assert "lr" not in model.optimizer_settings("d")
     with pytest.raises(ValueError, match="lr_d"):
-        tiny("text2image", lr_d=-1.0).optimizer_settings("d")
+        tiny("text2image", lr_d=-1.0)
+    torch.manual_seed(0)
+    normal = genlab.create("text2image", shape=(3, 32, 32), normal_init=True)
+    first = normal.generator.net.net[0].weight.detach()  # (latent + proj, 4 width, 4, 4)
+    assert abs(float(first.std()) - 0.02) < 1e-3 and abs(float(first.mean())) < 1e-3
 
 
 def test_caption_accuracy_on_hand_made_predictions():

@@ -195,8 +195,6 @@ class AAE(Adversarial):
             _need_2d(config.prior, config.latent)
         if config.components < 1 or min(config.scale, config.std, config.radius) < 0:
             raise ValueError("components must be at least 1; scale, std and radius >= 0")
-        if config.lr_ae is not None and not config.lr_ae > 0:
-            raise ValueError(f"lr_ae must be a positive number (or None), got {config.lr_ae}")
         check_objective(config.objective)
         if config.objective == "wgan":  # a critic without its gradient penalty: not this model
             raise ValueError("objective wgan needs a gradient penalty; use ns, hinge or lsgan")

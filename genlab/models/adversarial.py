@@ -134,6 +134,13 @@ class Adversarial(GenerativeModel):
     averaged_by: ClassVar[str] = "g"
     betas: ClassVar[tuple[float, float]] = (0.5, 0.999)
 
+    def __init__(self, shape: tuple[int, int, int], config: Any) -> None:
+        super().__init__(shape, config)
+        for player in self.players:  # the per-player learning rates (see optimizer_settings)
+            lr = getattr(config, f"lr_{player}", None)
+            if lr is not None and not lr > 0:
+                raise ValueError(f"lr_{player} must be a positive number (or None), got {lr}")
+
     def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
         if player not in self.owners:
             raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
@@ -149,8 +156,6 @@ class Adversarial(GenerativeModel):
         ``lr_ae``), when set, replaces the trainer's learning rate for that player: the
         two-time-scale rule a GAN whose D wins early needs (InfoGAN's G learns 5x faster)."""
         lr = getattr(self.config, f"lr_{player}", None)
-        if lr is not None and not lr > 0:
-            raise ValueError(f"lr_{player} must be a positive number (or None), got {lr}")
         return {"betas": self.betas, **({"lr": lr} if lr else {})}
 
     # ---- the generator's exponential moving average -----------------------------------------

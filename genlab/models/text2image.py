@@ -140,8 +140,8 @@ def change_digit(ids: Tensor, g: torch.Generator | None = None) -> tuple[Tensor,
     for d, c in captions.HELDOUT:
         allowed[:, d] &= colour != c
     new = torch.multinomial(allowed.float(), 1, generator=g).squeeze(1)  # (B,)
-    edited = torch.where(where, digits[form, new][:, None], ids)
-    return torch.where(named[:, None], edited, ids), named
+    # A row naming no digit has no True in `where`, so it comes back unchanged.
+    return torch.where(where, digits[form, new][:, None], ids), named
 
 
 def interpolate(t: Tensor, beta: float) -> Tensor:
