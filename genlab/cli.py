@@ -121,7 +121,7 @@ def _duration(text: str) -> str:
 
 
 def _count(text: str) -> int:
-    """argparse type: --sample-every: a whole number, 0 allowed (0 turns grids off)."""
+    """argparse type: --sample-every, --val-every: a whole number, 0 allowed (0: off)."""
     return 0 if text.strip() == "0" else _positive_int(text)
 
 
@@ -850,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="stop after N validations without improvement; the best weights are kept",
     )
-    s.add_argument("--val-every", type=_positive_int, help="validate every N steps (default 500)")
+    s.add_argument("--val-every", type=_count,
+                   help="validate every N steps (default 500); 0: never (the last weights kept)")
     s.add_argument("--limit", type=_positive_int, help="use only the first N images of each split")
     s.add_argument(
         "--sample-every",

@@ -113,11 +113,13 @@ class History:
     best_val: float | None = None
     since_best: int = 0  # validations since best_val improved (for patience)
     best_state: dict[str, Tensor] | None = field(default=None, repr=False)
+    best_step: int | None = None  # the step best_state was taken at (None: not known)
 
-    def observe(self, val: float, model: GenerativeModel) -> None:
-        """A validation score (lower is better): keep the best weights, count the others."""
+    def observe(self, val: float, model: GenerativeModel, step: int | None = None) -> None:
+        """A validation score (lower is better) at ``step``: keep the best weights, count the
+        others."""
         if self.best_val is None or val < self.best_val:
-            self.best_val, self.since_best = val, 0
+            self.best_val, self.since_best, self.best_step = val, 0, step
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.since_best += 1
@@ -374,7 +376,8 @@ def fit(
     (constant for the first half, then linearly to 0). ``weight_decay``: an L2 penalty
     (weight_decay / 2) |theta|^2 on every player's weights, as Adam's ``weight_decay`` adds it
     (e.g. the background model of the likelihood-ratio OOD score, Ren et al. 2019).
-    ``val_data`` is scored by :func:`evaluator_for` every ``val_every`` steps: held-out NLL for
+    ``val_data`` is scored by :func:`evaluator_for` every ``val_every`` steps (0: never, and
+    ``patience`` then has nothing to count): held-out NLL for
     likelihood models ("val_loss"), FID of ``fid_samples`` samples for samplers whose data has
     a feature network ("val_fid"); ``patience``: stop after that many validations without
     improvement.
@@ -404,6 +407,8 @@ def fit(
         raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine or linear")
     if sample_every is not None and sample_every < 0:
         raise ValueError(f"sample_every must be 0 (no grids) or more, got {sample_every}")
+    if val_every < 0:
+        raise ValueError(f"val_every must be 0 (no validation) or more, got {val_every}")
     ckpt_steps, ckpt_seconds = parse_interval(ckpt_every)
     settings = {  # what config.json records as "fit", so the run can be resumed or redone
         "steps": steps, "time_budget": time_budget, "batch_size": batch_size, "lr": lr,
@@ -430,7 +435,8 @@ def fit(
     # The learning rates fit was asked for; resume must not keep the checkpoint's.
     base_lrs = {p: [g["lr"] for g in o.param_groups] for p, o in optimizers.items()}
     evaluator = (
-        evaluator_for(model, val_data, fid_samples=fid_samples) if val_data is not None else None
+        evaluator_for(model, val_data, fid_samples=fid_samples)
+        if val_data is not None and val_every else None
     )
     history = History()
     run = None
@@ -494,7 +500,7 @@ def fit(
                     val = evaluator.score(
                         model, val_data, batch_size=max(batch_size, 256), limit=val_limit
                     )
-                    history.observe(val, model)
+                    history.observe(val, model, step)
                     record = {**(record or {"step": step}), evaluator.key: val}
                     bar.note(f"step {step}: {evaluator.key} {val:.4g}")
                 if record is not None:
@@ -526,7 +532,10 @@ def fit(
                     key = evaluator.key if evaluator is not None else "val_loss"
                     run.save_weights(model, history, train_config, key)
             if run is not None and sample_every != 0 and stop.signum is None:
-                if restored or run.last_grid != history.step:
+                # The last grid shows the saved model: redrawn if the best weights replaced
+                # the last step's, and not drawn twice when they are the same.
+                if (restored and history.best_step != history.step) or (
+                        run.last_grid != history.step):
                     run.grid(model, history.step, grid_n, bar)
                 run.pictures(model, val_data if val_data is not None else data)
             bar.close(history)
@@ -739,6 +748,7 @@ class _RunFolder:
             "best_val": history.best_val,
             "since_best": history.since_best,
             "best_state": history.best_state or {},
+            "best_step": history.best_step,
             "model": model.state_dict(),
             "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
             "rng_torch": torch.get_rng_state(),
@@ -861,6 +871,7 @@ def _restore(
     history.best_val = state["best_val"]
     history.since_best = int(state["since_best"])
     history.best_state = state["best_state"] or None
+    history.best_step = state.get("best_step")  # absent from checkpoints of earlier versions
     torch.set_rng_state(state["rng_torch"])
     if state.get("rng_cuda") is not None and model.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], model.device)

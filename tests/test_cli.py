@@ -472,3 +472,22 @@ def test_eval_prints_sample_quality_on_the_feature_network(tmp_path, capsys):
                          "-n", "200", "--limit", "300", "--quiet")
     assert code == 0, err
     assert "nats" in out and "FID" in out and "genlab-mnist-classifier" in out
+
+
+def test_val_every_zero_trains_without_validation(tmp_path, capsys):
+    """`--val-every 0` turns validation off (as `--sample-every 0` turns grids off): no best
+    validation score is kept (the weights saved are the last ones), where `--val-every 2`
+    keeps one; a negative count is one line."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=(rng.random((60, 4, 4)) > 0.5).astype(np.uint8) * 255)
+    for every in ("0", "2"):
+        code, _, err = run(capsys, "train", "independent", "--data", str(tmp_path / "d.npz"),
+                           "--steps", "4", "--batch-size", "8", "--val-every", every,
+                           "--quiet", "--out", str(tmp_path / every))
+        assert code == 0, err
+    configs = {e: json.loads((tmp_path / e / "config.json").read_text()) for e in ("0", "2")}
+    assert configs["0"]["train"]["fit"]["val_every"] == 0 and "best_val_loss" not in configs["0"]
+    assert "best_val_loss" in configs["2"]
+    with pytest.raises(SystemExit):
+        run(capsys, "train", "independent", "--val-every", "-1")
+    assert "must be at least 1" in capsys.readouterr().err

@@ -121,6 +121,26 @@ def test_run_folder_contents(tmp_path):
         fit(tiny("nade"), bars(), steps=1, out=out, progress=False)
 
 
+@pytest.mark.parametrize("scores, grids", [([2.0, 1.0], [10, 20]), ([1.0, 2.0], [10, 20, 20])])
+def test_last_grid_drawn_again_only_when_the_best_weights_replace_the_last(
+        tmp_path, monkeypatch, scores, grids):
+    """The last grid shows the saved model: drawn once when the last validation was the best,
+    drawn again (with the restored weights) when an earlier one was."""
+    import genlab.train as train
+
+    drawn, given = [], iter(scores)
+    grid = train._RunFolder.grid
+    observe = train.History.observe
+    monkeypatch.setattr(train._RunFolder, "grid",
+                        lambda self, model, step, *a: (drawn.append(step),
+                                                       grid(self, model, step, *a)))
+    monkeypatch.setattr(train.History, "observe",
+                        lambda self, val, model, step=None: observe(self, next(given), model, step))
+    hist = fit(tiny("nade"), bars(), val_data=bars(16), steps=20, batch_size=8,
+               out=tmp_path / "run", sample_every=10, val_every=10, progress=False)
+    assert drawn == grids and hist.best_step == (20 if scores[1] < scores[0] else 10)
+
+
 
 @pytest.mark.parametrize(
     "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan",

@@ -58,11 +58,10 @@ class Loader:
             n // self.global_batch_size if drop_last else math.ceil(n / self.global_batch_size)
         )
         if self.steps_per_epoch == 0:
-            raise DataError(
-                f"{data.describe()}: fewer images than one global batch of "
-                f"{self.global_batch_size} ({world_size} x {batch_size}); lower batch_size "
-                "or pass drop_last=False"
-            )
+            batch = (f"one batch of {batch_size}" if world_size == 1 else
+                     f"one global batch of {self.global_batch_size} ({world_size} x {batch_size})")
+            raise DataError(f"{data.describe()}: fewer images than {batch}; lower the batch "
+                            "size (--batch-size)")
         self._order_cache: tuple[int, torch.Tensor] | None = None
         self._other_cache: tuple[int, torch.Tensor] | None = None
 

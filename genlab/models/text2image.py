@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from genlab.data import captions
 from genlab.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
-from genlab.models.adversarial import Adversarial
+from genlab.models.adversarial import Adversarial, r1_penalty
 from genlab.nn import ConvDiscriminator, ConvGenerator, dcgan_init, frozen, minibatch_std
 
 
@@ -72,6 +72,9 @@ class Text2ImageConfig:
     lr_g: float | None = None  # G's learning rate (None: the trainer's)
     normal_init: bool = False  # DCGAN's N(0, 0.02) weights (genlab.nn.dcgan_init)
     digit_negatives: float = 0.0  # share of wrong texts that are the right one, digit changed
+    instance_noise: float = 0.0  # std of N(0, s^2) added to every image D sees ([-1, 1] scale)
+    r1: float = 0.0  # gamma of the R1 penalty on real images with their own text (0: off)
+    projection: bool = False  # D's logit also gets <text embedding, pooled image features>
 
 
 # ---- the text side ------------------------------------------------------------------------------
@@ -222,6 +225,9 @@ class _Discriminator(nn.Module):
             nn.LeakyReLU(config.slope),
             nn.Conv2d(chans, 1, self.side),
         )
+        # Miyato & Koyama 2018: an inner product of the text with the image's features
+        # tests their match directly, where the joint path must learn a product from sums.
+        self.project = nn.Linear(config.text, chans) if config.projection else None
 
     def image_map(self, x: Tensor) -> Tensor:
         return self.image.feature_map(x)  # (B, F, 4, 4)
@@ -236,7 +242,11 @@ class _Discriminator(nn.Module):
         if self.spread:
             fmap = minibatch_std(fmap)  # (B, F + 1, s, s)
         c = self.compress(t)[:, :, None, None].expand(-1, -1, *fmap.shape[2:])  # (B, proj, s, s)
-        return self.joint(torch.cat([fmap, c], 1)).flatten()
+        logit = self.joint(torch.cat([fmap, c], 1)).flatten()  # (B,)
+        if self.project is not None:
+            pooled = fmap[:, :self.project.out_features].sum((2, 3))  # (B, F): no spread channel
+            logit = logit + (self.project(t) * pooled).sum(1)
+        return logit
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.judge(self.image_map(x), t)
@@ -297,6 +307,11 @@ class Text2Image(Adversarial):
     def _noise(self, n: int, device: torch.device) -> Tensor:
         return torch.randn(n, self.config.latent, device=device)  # (n, latent)
 
+    def blur(self, x: Tensor) -> Tensor:
+        """What D sees of images x (B, C, H, W) in [-1, 1]: x plus instance noise."""
+        s = self.config.instance_noise
+        return x + s * torch.randn_like(x) if s > 0 else x
+
     # ---- the training protocol (players "d" and "g", Adam beta1 0.5: Adversarial) ---------
     def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
         x = batch["x"]
@@ -308,7 +323,8 @@ class Text2Image(Adversarial):
             t = self.text_encoder(ids)  # (B, text), trained by this loss
             with torch.no_grad():  # D's step must not build (or backprop into) G's graph
                 fake = self.generator(self._noise(b, x.device), t.detach())
-            real_map = self.discriminator.image_map(x * 2 - 1)  # (B, F, 4, 4)
+            real = self.blur(x * 2 - 1)  # (B, C, H, W)
+            real_map = self.discriminator.image_map(real)  # (B, F, 4, 4)
             real_right = self.discriminator.judge(real_map, t)  # (B,)
             t_wrong = t[wrong]  # (B, text)
             if self.config.digit_negatives > 0:  # some rows: own caption, another digit
@@ -316,8 +332,11 @@ class Text2Image(Adversarial):
                 use = named & (torch.rand(b, device=x.device) < self.config.digit_negatives)
                 t_wrong = torch.where(use[:, None], self.text_encoder(edited), t_wrong)
             real_wrong = self.discriminator.judge(real_map, t_wrong)  # (B,)
-            fake_right = self.discriminator(fake, t)  # (B,)
+            fake_right = self.discriminator(self.blur(fake), t)  # (B,)
             loss = matching_d_loss(real_right, real_wrong, fake_right)
+            if self.config.r1 > 0:
+                loss = loss + self.config.r1 / 2 * r1_penalty(
+                    lambda v: self.discriminator(v, t), real)
             return loss, {"d_real": float(torch.sigmoid(real_right).detach().mean()),
                           "d_wrong": float(torch.sigmoid(real_wrong).detach().mean()),
                           "d_fake": float(torch.sigmoid(fake_right).detach().mean())}
@@ -325,12 +344,13 @@ class Text2Image(Adversarial):
             with torch.no_grad():  # the text encoder is D's: G reads its output as data
                 t = self.text_encoder(ids)
             with frozen(self.discriminator):  # G's step must not touch D's weights
-                fake_right = self.discriminator(self.generator(self._noise(b, x.device), t), t)
+                fake = self.blur(self.generator(self._noise(b, x.device), t))
+                fake_right = self.discriminator(fake, t)
                 between = None
                 if self.config.interpolation > 0:
                     t_int = interpolate(t, self.config.beta)  # (B, text)
                     between = self.discriminator(
-                        self.generator(self._noise(b, x.device), t_int), t_int)
+                        self.blur(self.generator(self._noise(b, x.device), t_int)), t_int)
             loss = matching_g_loss(fake_right, between, self.config.interpolation)
             return loss, {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
