@@ -377,7 +377,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         msg += (f"; best validation loss {history.best_val:.2f} nats" if model.has("log_prob")
                 else f"; best validation FID {history.best_val:.2f}")
     print(msg)
-    print(f"run saved in {out}; samples in {out / 'samples'}")
+    drawn = any((out / "samples").glob("*.png"))  # none with --sample-every 0
+    print(f"run saved in {out}" + (f"; samples in {out / 'samples'}" if drawn else ""))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny, tiny_batch
+from conftest import r1_by_hand, tiny, tiny_batch
 
 import genlab
 from genlab.data import Dataset, synthetic
@@ -195,3 +195,37 @@ def test_frechet_distance_against_closed_forms():
     b = 3 * x + 1
     want = (float(x.mean()) - float(b.mean())) ** 2 + (float(x.std()) - float(b.std())) ** 2
     assert frechet_distance(x, b) == pytest.approx(want, rel=1e-6)
+
+
+def test_r1_penalises_d_on_real_images_with_their_own_text():
+    """With r1 = gamma, D's loss grows by gamma / 2 E||grad_x D(x, t)||^2 on the real batch
+    paired with its own captions (same weights, same noise); r1 < 0 is refused."""
+    model = tiny("text2image")
+    batch = tiny_batch(model)
+    torch.manual_seed(2)
+    plain, _ = model.loss(batch, "d")
+    model.config.r1 = 3.0
+    torch.manual_seed(2)
+    with_r1, _ = model.loss(batch, "d")
+    t = model.text_encoder(batch["text"])
+    penalty = r1_by_hand(lambda v: model.discriminator(v, t), batch["x"] * 2 - 1)
+    assert penalty > 0
+    torch.testing.assert_close(with_r1 - plain, 1.5 * penalty, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="r1"):
+        tiny("text2image", r1=-0.5)
+
+
+def test_projection_adds_the_inner_product_of_text_and_pooled_image_features():
+    """projection = true: D's logit is the joint path's plus <W t, sum of D's 4x4 map over
+    space>; with the joint path's last layer zeroed only that inner product is left."""
+    model = tiny("text2image", projection=True)
+    batch = tiny_batch(model)
+    d = model.discriminator
+    torch.nn.init.zeros_(d.joint[-1].weight)
+    torch.nn.init.zeros_(d.joint[-1].bias)
+    with torch.no_grad():
+        t = model.text_encoder(batch["text"])
+        fmap = d.image_map(batch["x"] * 2 - 1)  # (B, F, s, s)
+        want = torch.stack([d.project(t[i]) @ fmap[i].sum((1, 2)) for i in range(len(t))])
+        torch.testing.assert_close(d.judge(fmap, t), want)
+        assert not torch.allclose(d.judge(fmap, t), d.judge(fmap, t.flip(0)))

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.models.adversarial import Adversarial, check_objective, d_loss, g_loss
+from genlab.models.adversarial import Adversarial, check_objective, d_loss, g_loss, r1_penalty
 from genlab.nn import ConvDiscriminator, ConvGenerator, dcgan_init, frozen
 
 NOISES = ("uniform", "normal")
@@ -59,6 +59,7 @@ class DCGANConfig:
     objective: str = "ns"  # the losses (genlab.models.adversarial): ns, hinge, lsgan
     ema: float = 0.0  # decay of the generator's moving average used for sampling (0: off)
     sample_stats: str = "running"  # G's batch norm when sampling in eval mode: running, batch
+    r1: float = 0.0  # gamma of the R1 penalty on real images (Mescheder et al. 2018; 0: off)
 
 
 @contextlib.contextmanager
@@ -116,6 +117,8 @@ class DCGAN(Adversarial):
             raise ValueError(f"sample_stats must be one of {', '.join(SAMPLE_STATS)}, "
                              f"got {config.sample_stats!r}")
         check_objective(config.objective)
+        if not config.r1 >= 0:
+            raise ValueError(f"r1 must be 0 (off) or more, got {config.r1}")
         if config.objective == "wgan":  # a critic without its gradient penalty: not this model
             raise ValueError("objective wgan needs a gradient penalty: use progan or stargan")
         self.generator = ConvGenerator(config.latent, self.shape, config.width)
@@ -147,6 +150,8 @@ class DCGAN(Adversarial):
             real_logit = self.discriminator(x * 2 - 1)  # (B,)
             fake_logit = self.discriminator(fake)  # (B,)
             loss = d_loss(self.config.objective, real_logit, fake_logit)
+            if self.config.r1 > 0:
+                loss = loss + self.config.r1 / 2 * r1_penalty(self.discriminator, x * 2 - 1)
             return loss, {"d_real": float(torch.sigmoid(real_logit.detach()).mean()),
                           "d_fake": float(torch.sigmoid(fake_logit.detach()).mean())}
         if player == "g":

@@ -72,7 +72,6 @@ class Text2ImageConfig:
     lr_g: float | None = None  # G's learning rate (None: the trainer's)
     normal_init: bool = False  # DCGAN's N(0, 0.02) weights (genlab.nn.dcgan_init)
     digit_negatives: float = 0.0  # share of wrong texts that are the right one, digit changed
-    instance_noise: float = 0.0  # std of N(0, s^2) added to every image D sees ([-1, 1] scale)
     r1: float = 0.0  # gamma of the R1 penalty on real images with their own text (0: off)
     projection: bool = False  # D's logit also gets <text embedding, pooled image features>
 
@@ -292,6 +291,8 @@ class Text2Image(Adversarial):
         super().__init__(shape, config)
         if min(config.latent, config.width, config.words, config.text, config.proj) < 1:
             raise ValueError("latent, width, words, text and proj must be at least 1")
+        if not config.r1 >= 0:
+            raise ValueError(f"r1 must be 0 (off) or more, got {config.r1}")
         if not 0.0 <= config.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {config.beta}")
         self.text_encoder = TextEncoder(config.words, config.text, config.slope)
@@ -307,11 +308,6 @@ class Text2Image(Adversarial):
     def _noise(self, n: int, device: torch.device) -> Tensor:
         return torch.randn(n, self.config.latent, device=device)  # (n, latent)
 
-    def blur(self, x: Tensor) -> Tensor:
-        """What D sees of images x (B, C, H, W) in [-1, 1]: x plus instance noise."""
-        s = self.config.instance_noise
-        return x + s * torch.randn_like(x) if s > 0 else x
-
     # ---- the training protocol (players "d" and "g", Adam beta1 0.5: Adversarial) ---------
     def loss(self, batch: dict[str, Tensor], player: str) -> tuple[Tensor, dict[str, float]]:
         x = batch["x"]
@@ -323,7 +319,7 @@ class Text2Image(Adversarial):
             t = self.text_encoder(ids)  # (B, text), trained by this loss
             with torch.no_grad():  # D's step must not build (or backprop into) G's graph
                 fake = self.generator(self._noise(b, x.device), t.detach())
-            real = self.blur(x * 2 - 1)  # (B, C, H, W)
+            real = x * 2 - 1  # (B, C, H, W)
             real_map = self.discriminator.image_map(real)  # (B, F, 4, 4)
             real_right = self.discriminator.judge(real_map, t)  # (B,)
             t_wrong = t[wrong]  # (B, text)
@@ -332,7 +328,7 @@ class Text2Image(Adversarial):
                 use = named & (torch.rand(b, device=x.device) < self.config.digit_negatives)
                 t_wrong = torch.where(use[:, None], self.text_encoder(edited), t_wrong)
             real_wrong = self.discriminator.judge(real_map, t_wrong)  # (B,)
-            fake_right = self.discriminator(self.blur(fake), t)  # (B,)
+            fake_right = self.discriminator(fake, t)  # (B,)
             loss = matching_d_loss(real_right, real_wrong, fake_right)
             if self.config.r1 > 0:
                 loss = loss + self.config.r1 / 2 * r1_penalty(
@@ -344,13 +340,12 @@ class Text2Image(Adversarial):
             with torch.no_grad():  # the text encoder is D's: G reads its output as data
                 t = self.text_encoder(ids)
             with frozen(self.discriminator):  # G's step must not touch D's weights
-                fake = self.blur(self.generator(self._noise(b, x.device), t))
-                fake_right = self.discriminator(fake, t)
+                fake_right = self.discriminator(self.generator(self._noise(b, x.device), t), t)
                 between = None
                 if self.config.interpolation > 0:
                     t_int = interpolate(t, self.config.beta)  # (B, text)
                     between = self.discriminator(
-                        self.blur(self.generator(self._noise(b, x.device), t_int)), t_int)
+                        self.generator(self._noise(b, x.device), t_int), t_int)
             loss = matching_g_loss(fake_right, between, self.config.interpolation)
             return loss, {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
