@@ -523,7 +523,8 @@ def fit(
             if run is not None:
                 run.checkpoint(model, optimizers, history, train_config)
             stop.immediate = True  # the run is saved: a signal from here on stops at once
-            restored = restore_best and history.best_state is not None
+            # (Not after a resume with validation turned off: the last weights are asked for.)
+            restored = restore_best and evaluator is not None and history.best_state is not None
             if restored:
                 # trainer.pt keeps the last state for --resume; the model and its saved weights
                 # are the ones that did best on validation data (what early stopping is for).

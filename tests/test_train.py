@@ -141,6 +141,19 @@ def test_last_grid_drawn_again_only_when_the_best_weights_replace_the_last(
     assert drawn == grids and hist.best_step == (20 if scores[1] < scores[0] else 10)
 
 
+def test_resume_with_validation_off_keeps_the_last_weights(tmp_path):
+    """A run whose best validation was early, resumed with val_every=0: the model it ends
+    with is its last state, not the earlier best."""
+    out, kw = tmp_path / "run", dict(batch_size=8, sample_every=0, progress=False, lr=1e-2)
+    fit(tiny("nade"), bars(), val_data=bars(16), steps=10, val_every=5, out=out, **kw)
+    model = tiny("nade")
+    hist = fit(model, bars(), val_data=bars(16), steps=14, val_every=0, out=out, resume=True,
+               **kw)
+    assert hist.step == 14 and hist.best_state is not None  # the earlier best is still known
+    last = torch.load(out / "trainer.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+
+
 
 @pytest.mark.parametrize(
     "name", ["nade", "vae", "conv_vae", "gan", "dcgan", "aae", "progan", "text2image", "infogan",

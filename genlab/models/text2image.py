@@ -32,6 +32,12 @@ rather than a GRU: captions here are short attribute phrases in several word ord
 width-3 window already tells "red ... on white" (background) from "white" (stroke colour),
 and convolutions are cheaper on a CPU.
 
+Two settings beyond the paper. ``r1`` (Mescheder et al. 2018) penalises D's gradient on real
+images with their own caption, so D cannot win outright early on (here it doubles how often a
+sample shows its caption's colour; benchmarks/RESULTS.md, text-to-image). ``projection`` (Miyato &
+Koyama 2018) adds the inner product of the text with D's pooled image features to the logit,
+a direct test of the match.
+
 Sampling: ``sample(n, cond={"text": [n strings]})`` tokenizes with
 :func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a
 fixed pool of 1024 random training-like captions (:func:`random_captions`: digit and
