@@ -7,10 +7,12 @@ is the right one with only its digit changed (``change_digit``). Every ``--every
 reports, on 500 test images, how often D scores the right caption above the digit-edited one
 (chance 0.5). Beside it, the same image network with a 10-way linear head trained as a digit
 classifier (cross-entropy on the labels) shows how fast those layers can learn the digit when
-told it directly.
+told it directly. ``--contrastive`` replaces the binary loss by a contrastive one on the
+projection head (D's pooled features against every caption of the batch, cross-entropy both
+ways): the batch's other captions as negatives.
 
     python benchmarks/text2image_matching.py [--steps 1000] [--lr 2e-4] [--share 1.0]
-                                             [--projection]
+                                             [--projection] [--contrastive]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=1.0,
                         help="share of wrong captions that are digit-edited (the rest shifted)")
     parser.add_argument("--projection", action="store_true")
+    parser.add_argument("--contrastive", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -46,25 +49,36 @@ def main() -> None:
     test_x, test_ids = test.x[:500] * 2 - 1, tokenize(list(test.caption[:500]))
     edited_test, named_test = change_digit(test_ids, torch.Generator().manual_seed(1))
 
-    model = Text2Image((3, 32, 32), Text2ImageConfig(**PRESET, projection=args.projection))
+    projection = args.projection or args.contrastive
+    model = Text2Image((3, 32, 32), Text2ImageConfig(**PRESET, projection=projection))
     d, text = model.discriminator, model.text_encoder
+    if args.contrastive:  # the joint path is not trained then: judge by the projection alone
+        torch.nn.init.zeros_(d.joint[-1].weight)
+        torch.nn.init.zeros_(d.joint[-1].bias)
     classifier = ConvDiscriminator((3, 32, 32), PRESET["width"], outputs=10)
     betas = (0.5, 0.999)  # the adversarial players' Adam
     opt_d = torch.optim.Adam([*text.parameters(), *d.parameters()], args.lr, betas=betas)
     opt_c = torch.optim.Adam(classifier.parameters(), args.lr, betas=betas)
     b = args.batch_size
-    print(f"D alone on mnist-captions, batch {b}, lr {args.lr}, digit-edited share "
-          f"{args.share}, projection {args.projection}")
+    loss_name = "contrastive" if args.contrastive else f"GAN-CLS, digit-edited share {args.share}"
+    print(f"D alone on mnist-captions, batch {b}, lr {args.lr}, {loss_name}, "
+          f"projection {projection}")
     print("step   D: right > digit-edited (test)   classifier: digit accuracy (test)")
     for step in range(1, args.steps + 1):
         i = torch.randint(0, len(train), (b,))
         x, t_ids = train.x[i] * 2 - 1, ids[i]
         t = text(t_ids)  # (B, text)
         fmap = d.image_map(x)  # (B, F, 4, 4)
-        edited, named = change_digit(t_ids)
-        use = named & (torch.rand(b) < args.share)
-        t_wrong = torch.where(use[:, None], text(edited), t[shifted(b)])
-        loss = F.softplus(-d.judge(fmap, t)).mean() + F.softplus(d.judge(fmap, t_wrong)).mean()
+        if args.contrastive:  # (B images, B texts) inner products; the diagonal is right
+            scores = fmap[:, :d.project.out_features].sum((2, 3)) @ d.project(t).T
+            right = torch.arange(b)
+            loss = F.cross_entropy(scores, right) + F.cross_entropy(scores.T, right)
+        else:
+            edited, named = change_digit(t_ids)
+            use = named & (torch.rand(b) < args.share)
+            t_wrong = torch.where(use[:, None], text(edited), t[shifted(b)])
+            loss = (F.softplus(-d.judge(fmap, t)).mean()
+                    + F.softplus(d.judge(fmap, t_wrong)).mean())
         opt_d.zero_grad()
         loss.backward()
         opt_d.step()
