@@ -197,7 +197,7 @@ def test_loader_iter_keeps_partial_batch(blobs: Dataset) -> None:
 
 
 def test_loader_too_small_and_bad_step(blobs: Dataset) -> None:
-    with pytest.raises(DataError, match="drop_last=False"):
+    with pytest.raises(DataError, match="fewer images than one batch of 64; lower the batch size"):
         Loader(blobs, 64)
     loader = Loader(blobs, 64, drop_last=False)
     assert loader.steps_per_epoch == 1 and len(loader.batch(0)["x"]) == 50

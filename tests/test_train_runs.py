@@ -401,6 +401,10 @@ def test_tensorboard_shows_no_stale_curve_after_resume(tmp_path):
     crashed = crash_at(tiny("nade"), 17)
     with pytest.raises(Crash):
         fit(crashed, bars(), out=tmp_path / "run", **kw)
+    # Event files are named by the second, the pid, then a per-process counter compared as
+    # text ("...10" sorts before "...9"): a resume in the same second of the same process
+    # (only ever in a test) could be read first. A new second orders them by time.
+    time.sleep(1.05)
     fit(tiny("nade"), bars(), out=tmp_path / "run", resume=True, **kw)
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
