@@ -9,10 +9,12 @@ reports, on 500 test images, how often D scores the right caption above the digi
 classifier (cross-entropy on the labels) shows how fast those layers can learn the digit when
 told it directly. ``--contrastive`` replaces the binary loss by a contrastive one on the
 projection head (D's pooled features against every caption of the batch, cross-entropy both
-ways): the batch's other captions as negatives.
+ways): the batch's other captions as negatives. ``--ten-way`` replaces it by a 10-way
+softmax over the caption rewritten with each digit (the true one the target; held-out
+(digit, colour) pairs left out): a classifier's signal in the text's own terms.
 
     python benchmarks/text2image_matching.py [--steps 1000] [--lr 2e-4] [--share 1.0]
-                                             [--projection] [--contrastive]
+                                             [--projection] [--contrastive | --ten-way]
 """
 
 from __future__ import annotations
@@ -24,11 +26,32 @@ import torch
 import torch.nn.functional as F
 
 from genlab.data import load
-from genlab.data.captions import tokenize
-from genlab.models.text2image import Text2Image, Text2ImageConfig, change_digit, shifted
+from genlab.data.captions import HELDOUT, tokenize
+from genlab.models.text2image import (
+    Text2Image,
+    Text2ImageConfig,
+    _word_ids,
+    change_digit,
+    shifted,
+)
 from genlab.nn import ConvDiscriminator
 
 PRESET = {"width": 32, "words": 64, "text": 128, "proj": 64}  # text2image's cpu preset
+
+
+def every_digit(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, L) -> (10, B, L): each caption with its digit set to 0..9 (same form), and
+    (B, 10) bool, False where that would make a held-out (digit, colour) pair."""
+    digits, colour_of = _word_ids()
+    hit = ids[:, :, None, None] == digits  # (B, L, 2, 10)
+    where = hit.flatten(2).any(2)  # (B, L)
+    form = (hit.flatten(1).float().argmax(1) // 10) % 2  # (B,)
+    versions = torch.stack([torch.where(where, digits[form, d][:, None], ids) for d in range(10)])
+    colour = colour_of[ids].max(1).values  # (B,)
+    allowed = torch.ones(ids.shape[0], 10, dtype=torch.bool)
+    for d, c in HELDOUT:
+        allowed[:, d] &= colour != c
+    return versions, allowed
 
 
 def main() -> None:
@@ -40,6 +63,7 @@ def main() -> None:
                         help="share of wrong captions that are digit-edited (the rest shifted)")
     parser.add_argument("--projection", action="store_true")
     parser.add_argument("--contrastive", action="store_true")
+    parser.add_argument("--ten-way", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -60,7 +84,8 @@ def main() -> None:
     opt_d = torch.optim.Adam([*text.parameters(), *d.parameters()], args.lr, betas=betas)
     opt_c = torch.optim.Adam(classifier.parameters(), args.lr, betas=betas)
     b = args.batch_size
-    loss_name = "contrastive" if args.contrastive else f"GAN-CLS, digit-edited share {args.share}"
+    loss_name = ("ten-way" if args.ten_way else "contrastive" if args.contrastive
+                 else f"GAN-CLS, digit-edited share {args.share}")
     print(f"D alone on mnist-captions, batch {b}, lr {args.lr}, {loss_name}, "
           f"projection {projection}")
     print("step   D: right > digit-edited (test)   classifier: digit accuracy (test)")
@@ -69,7 +94,11 @@ def main() -> None:
         x, t_ids = train.x[i] * 2 - 1, ids[i]
         t = text(t_ids)  # (B, text)
         fmap = d.image_map(x)  # (B, F, 4, 4)
-        if args.contrastive:  # (B images, B texts) inner products; the diagonal is right
+        if args.ten_way:  # (B, 10) scores of the caption with each digit
+            versions, allowed = every_digit(t_ids)
+            scores = torch.stack([d.judge(fmap, text(v)) for v in versions], 1)
+            loss = F.cross_entropy(scores.masked_fill(~allowed, -1e9), train.y[i])
+        elif args.contrastive:  # (B images, B texts) inner products; the diagonal is right
             scores = fmap[:, :d.project.out_features].sum((2, 3)) @ d.project(t).T
             right = torch.arange(b)
             loss = F.cross_entropy(scores, right) + F.cross_entropy(scores.T, right)
