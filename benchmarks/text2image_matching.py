@@ -26,32 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from genlab.data import load
-from genlab.data.captions import HELDOUT, tokenize
+from genlab.data.captions import tokenize
 from genlab.models.text2image import (
     Text2Image,
     Text2ImageConfig,
-    _word_ids,
     change_digit,
+    every_digit,
     shifted,
 )
 from genlab.nn import ConvDiscriminator
 
 PRESET = {"width": 32, "words": 64, "text": 128, "proj": 64}  # text2image's cpu preset
-
-
-def every_digit(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, L) -> (10, B, L): each caption with its digit set to 0..9 (same form), and
-    (B, 10) bool, False where that would make a held-out (digit, colour) pair."""
-    digits, colour_of = _word_ids()
-    hit = ids[:, :, None, None] == digits  # (B, L, 2, 10)
-    where = hit.flatten(2).any(2)  # (B, L)
-    form = (hit.flatten(1).float().argmax(1) // 10) % 2  # (B,)
-    versions = torch.stack([torch.where(where, digits[form, d][:, None], ids) for d in range(10)])
-    colour = colour_of[ids].max(1).values  # (B,)
-    allowed = torch.ones(ids.shape[0], 10, dtype=torch.bool)
-    for d, c in HELDOUT:
-        allowed[:, d] &= colour != c
-    return versions, allowed
 
 
 def main() -> None:
@@ -95,9 +80,9 @@ def main() -> None:
         t = text(t_ids)  # (B, text)
         fmap = d.image_map(x)  # (B, F, 4, 4)
         if args.ten_way:  # (B, 10) scores of the caption with each digit
-            versions, allowed = every_digit(t_ids)
-            scores = torch.stack([d.judge(fmap, text(v)) for v in versions], 1)
-            loss = F.cross_entropy(scores.masked_fill(~allowed, -1e9), train.y[i])
+            versions, allowed, digit, _ = every_digit(t_ids)  # every caption names a digit
+            scores = torch.stack([d.judge(fmap, text(v)) for v in versions], 1)  # (B, 10)
+            loss = F.cross_entropy(scores.masked_fill(~allowed, float("-inf")), digit)
         elif args.contrastive:  # (B images, B texts) inner products; the diagonal is right
             scores = fmap[:, :d.project.out_features].sum((2, 3)) @ d.project(t).T
             right = torch.arange(b)

@@ -170,3 +170,15 @@ def r1_by_hand(critic, x: torch.Tensor) -> torch.Tensor:
     x = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(critic(x).sum(), x)
     return g.flatten(1).pow(2).sum(1).mean()
+
+
+def loss_added_by(model, batch, player: str, seed: int = 0, **settings):
+    """What ``settings`` (config fields, set on ``model``) add to ``player``'s loss on
+    ``batch``: the loss with them minus the loss without, same weights and same noise."""
+    torch.manual_seed(seed)
+    plain, _ = model.loss(batch, player)
+    for key, value in settings.items():
+        setattr(model.config, key, value)
+    torch.manual_seed(seed)
+    changed, _ = model.loss(batch, player)
+    return changed - plain

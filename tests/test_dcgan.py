@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import one_step_per_player, r1_by_hand, tiny_batch
+from conftest import loss_added_by, one_step_per_player, r1_by_hand, tiny_batch
 from torch import nn
 
 import genlab
@@ -186,14 +186,10 @@ def test_r1_adds_gamma_over_two_times_the_real_gradient_norm():
     the real batch (same weights, same noise); the step still changes only D; r1 < 0 refused."""
     model = make((3, 16, 16), r1=0.0)
     batch = tiny_batch(model)
-    torch.manual_seed(3)
-    plain, _ = model.loss(batch, "d")
-    model.config.r1 = 4.0
-    torch.manual_seed(3)
-    with_r1, _ = model.loss(batch, "d")
+    added = loss_added_by(model, batch, "d", seed=3, r1=4.0)
     penalty = r1_by_hand(model.discriminator, batch["x"] * 2 - 1)
     assert penalty > 0
-    torch.testing.assert_close(with_r1 - plain, 2.0 * penalty, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(added, 2.0 * penalty, rtol=1e-4, atol=1e-6)
     one_step_per_player(model, batch)
     with pytest.raises(ValueError, match="r1"):
         make(r1=-1.0)

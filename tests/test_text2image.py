@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import r1_by_hand, tiny, tiny_batch
+from conftest import loss_added_by, r1_by_hand, tiny, tiny_batch
 
 import genlab
 from genlab.data import Dataset, synthetic
@@ -19,6 +19,7 @@ from genlab.models.text2image import (
     POOL,
     caption_accuracy,
     change_digit,
+    every_digit,
     interpolate,
     matching_d_loss,
     matching_g_loss,
@@ -202,15 +203,11 @@ def test_r1_penalises_d_on_real_images_with_their_own_text():
     paired with its own captions (same weights, same noise); r1 < 0 is refused."""
     model = tiny("text2image")
     batch = tiny_batch(model)
-    torch.manual_seed(2)
-    plain, _ = model.loss(batch, "d")
-    model.config.r1 = 3.0
-    torch.manual_seed(2)
-    with_r1, _ = model.loss(batch, "d")
+    added = loss_added_by(model, batch, "d", seed=2, r1=3.0)
     t = model.text_encoder(batch["text"])
     penalty = r1_by_hand(lambda v: model.discriminator(v, t), batch["x"] * 2 - 1)
     assert penalty > 0
-    torch.testing.assert_close(with_r1 - plain, 1.5 * penalty, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(added, 1.5 * penalty, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="r1"):
         tiny("text2image", r1=-0.5)
 
@@ -229,3 +226,25 @@ def test_projection_adds_the_inner_product_of_text_and_pooled_image_features():
         want = torch.stack([d.project(t[i]) @ fmap[i].sum((1, 2)) for i in range(len(t))])
         torch.testing.assert_close(d.judge(fmap, t), want)
         assert not torch.allclose(d.judge(fmap, t), d.judge(fmap, t.flip(0)))
+
+
+def test_every_digit_rewrites_the_digit_ten_ways_and_marks_held_out_pairs():
+    colours = list(ATTRIBUTES["colour"])
+    texts = [f"a {c} {noun} on navy" for d in range(10) for c in colours
+             for noun in (DIGIT_WORDS[d], f"number {d}")]
+    texts.append("a red trouser on navy")
+    versions, allowed, digit, named = every_digit(tokenize(texts))
+    assert versions.shape == (10, len(texts), MAX_WORDS) and named[:-1].all() and not named[-1]
+    for row, text in enumerate(texts[:-1]):
+        words = text.split()
+        said = next(i for i, w in enumerate(words) if w in DIGIT_WORDS or w.isdigit())
+        colour = colours.index(words[1])
+        truth = DIGIT_WORDS.index(words[said]) if words[said] in DIGIT_WORDS else int(words[said])
+        assert int(digit[row]) == truth
+        for d in range(10):
+            got = detokenize(versions[d, row:row + 1])[0].split()
+            want = list(words)
+            want[said] = str(d) if words[said].isdigit() else DIGIT_WORDS[d]
+            assert got == want
+            assert bool(allowed[row, d]) == (d == truth or (d, colour) not in HELDOUT)
+    assert all(torch.equal(versions[d, -1], versions[0, -1]) for d in range(10))

@@ -140,6 +140,9 @@ class Adversarial(GenerativeModel):
             lr = getattr(config, f"lr_{player}", None)
             if lr is not None and not lr > 0:
                 raise ValueError(f"lr_{player} must be a positive number (or None), got {lr}")
+        gamma = getattr(config, "r1", 0.0)  # the R1 weight of a model that offers it
+        if not gamma >= 0:
+            raise ValueError(f"r1 must be 0 (off) or more, got {gamma}")
 
     def parameters_for(self, player: str) -> Iterator[nn.Parameter]:
         if player not in self.owners:

@@ -117,8 +117,6 @@ class DCGAN(Adversarial):
             raise ValueError(f"sample_stats must be one of {', '.join(SAMPLE_STATS)}, "
                              f"got {config.sample_stats!r}")
         check_objective(config.objective)
-        if not config.r1 >= 0:
-            raise ValueError(f"r1 must be 0 (off) or more, got {config.r1}")
         if config.objective == "wgan":  # a critic without its gradient penalty: not this model
             raise ValueError("objective wgan needs a gradient penalty: use progan or stargan")
         self.generator = ConvGenerator(config.latent, self.shape, config.width)
@@ -147,11 +145,12 @@ class DCGAN(Adversarial):
                 fake = self.generate(z)  # (B, C, H, W)
             # Real and fake go through D as separate batches, so each has its own batch
             # statistics (the paper's and the reference code's practice).
-            real_logit = self.discriminator(x * 2 - 1)  # (B,)
+            real = x * 2 - 1  # (B, C, H, W)
+            real_logit = self.discriminator(real)  # (B,)
             fake_logit = self.discriminator(fake)  # (B,)
             loss = d_loss(self.config.objective, real_logit, fake_logit)
             if self.config.r1 > 0:
-                loss = loss + self.config.r1 / 2 * r1_penalty(self.discriminator, x * 2 - 1)
+                loss = loss + self.config.r1 / 2 * r1_penalty(self.discriminator, real)
             return loss, {"d_real": float(torch.sigmoid(real_logit.detach()).mean()),
                           "d_fake": float(torch.sigmoid(fake_logit.detach()).mean())}
         if player == "g":

@@ -127,6 +127,21 @@ def _word_ids() -> tuple[Tensor, Tensor]:
     return digits, colour
 
 
+def _digit_slots(ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What a caption says of its digit, for ids (B, L): the (2, 10) digit-word table, (B, L)
+    the digit's position, (B,) whether one is named, its form (0 word, 1 numeral), the digit,
+    and (B, 10) the digits it may become without making a held-out (digit, colour) pair."""
+    digits, colour_of = (a.to(ids.device) for a in _word_ids())
+    hit = ids[:, :, None, None] == digits  # (B, L, 2, 10)
+    where = hit.flatten(2).any(2)  # (B, L): the digit's position
+    form_digit = hit.flatten(1).float().argmax(1)  # (B,) index into L * 2 * 10
+    colour = colour_of[ids].max(1).values  # (B,) -1 where no stroke colour is named
+    allowed = torch.ones(ids.shape[0], 10, dtype=torch.bool, device=ids.device)
+    for d, c in captions.HELDOUT:
+        allowed[:, d] &= colour != c
+    return digits, where, where.any(1), (form_digit // 10) % 2, form_digit % 10, allowed
+
+
 def change_digit(ids: Tensor, g: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Hard wrong texts: ids (B, L) with the digit each caption names replaced by another
     digit in the same form ("seven" -> "two", "7" -> "2"), everything else kept.
@@ -135,21 +150,22 @@ def change_digit(ids: Tensor, g: torch.Generator | None = None) -> tuple[Tensor,
     (digit, colour) pair (:data:`genlab.data.captions.HELDOUT`): held-out captions stay
     unseen in training, as negatives too. Returns the edited ids and (B,) bool, False for a
     row that names no digit (left unchanged)."""
-    digits, colour_of = (a.to(ids.device) for a in _word_ids())
-    hit = ids[:, :, None, None] == digits  # (B, L, 2, 10)
-    where = hit.flatten(2).any(2)  # (B, L): the digit's position
-    named = where.any(1)  # (B,)
-    form_digit = hit.flatten(1).float().argmax(1)  # (B,) index into L * 2 * 10
-    form = (form_digit // 10) % 2  # (B,) 0 word, 1 numeral
-    digit = form_digit % 10  # (B,)
-    colour = colour_of[ids].max(1).values  # (B,) -1 where no stroke colour is named
-    allowed = torch.ones(ids.shape[0], 10, dtype=torch.bool, device=ids.device)
+    digits, where, named, form, digit, allowed = _digit_slots(ids)
     allowed[torch.arange(ids.shape[0], device=ids.device), digit] = False
-    for d, c in captions.HELDOUT:
-        allowed[:, d] &= colour != c
     new = torch.multinomial(allowed.float(), 1, generator=g).squeeze(1)  # (B,)
     # A row naming no digit has no True in `where`, so it comes back unchanged.
     return torch.where(where, digits[form, new][:, None], ids), named
+
+
+def every_digit(ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each caption of ids (B, L) rewritten with each digit 0..9 in the same form: (10, B, L);
+    (B, 10) bool, False where that would be a held-out (digit, colour) pair; (B,) the digit
+    the caption names; (B,) whether it names one (rows that do not are unchanged)."""
+    digits, where, named, form, digit, allowed = _digit_slots(ids)
+    versions = torch.stack([torch.where(where, digits[form, d][:, None], ids)
+                            for d in range(10)])  # (10, B, L)
+    allowed[torch.arange(ids.shape[0], device=ids.device), digit] = True  # the caption itself
+    return versions, allowed, digit, named
 
 
 def interpolate(t: Tensor, beta: float) -> Tensor:
@@ -299,8 +315,6 @@ class Text2Image(Adversarial):
         super().__init__(shape, config)
         if min(config.latent, config.width, config.words, config.text, config.proj) < 1:
             raise ValueError("latent, width, words, text and proj must be at least 1")
-        if not config.r1 >= 0:
-            raise ValueError(f"r1 must be 0 (off) or more, got {config.r1}")
         if not 0.0 <= config.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {config.beta}")
         self.text_encoder = TextEncoder(config.words, config.text, config.slope)
