@@ -248,3 +248,54 @@ def test_every_digit_rewrites_the_digit_ten_ways_and_marks_held_out_pairs():
             assert got == want
             assert bool(allowed[row, d]) == (d == truth or (d, colour) not in HELDOUT)
     assert all(torch.equal(versions[d, -1], versions[0, -1]) for d in range(10))
+
+
+def test_digit_loss_is_d_choosing_its_caption_among_the_ten_digits_on_real_and_fake():
+    """digit_choice: cross-entropy over the digit head's scores of the ten digit versions of
+    each caption (held-out pairs excluded), by hand; digit_loss adds it to D's loss on real
+    images and to G's on its fakes (same noise), G's term moves only G; no digit, no term."""
+    model = tiny("text2image", digit_loss=1.0)
+    batch = tiny_batch(model)
+    n = len(batch["x"])
+    colours = list(ATTRIBUTES["colour"])
+    texts = [f"a {colours[i % 8]} {DIGIT_WORDS[(3 * i) % 10]}" for i in range(n)]
+    batch["text"] = tokenize(texts)
+    d = model.discriminator
+
+    def by_hand(fmap: torch.Tensor) -> torch.Tensor:
+        pooled = fmap.sum((2, 3))  # (B, F)
+        total = 0.0
+        for i, text in enumerate(texts):
+            digit, scores = (3 * i) % 10, []
+            for other in range(10):
+                if other != digit and (other, i % 8) in HELDOUT:
+                    continue
+                version = text.replace(DIGIT_WORDS[digit], DIGIT_WORDS[other])
+                head = d.digit_head(model.text_encoder(tokenize([version])))[0]  # (F,)
+                scores.append((other, head @ pooled[i]))
+            logits = torch.stack([s for _, s in scores])
+            total = total - torch.log_softmax(logits, 0)[[o for o, _ in scores].index(digit)]
+        return total / n
+
+    real_map = d.image_map(batch["x"] * 2 - 1)
+    torch.testing.assert_close(model.digit_choice(real_map, batch["text"]), by_hand(real_map))
+    model.config.digit_loss = 0.0
+    added = loss_added_by(model, batch, "d", seed=4, digit_loss=2.0)
+    torch.testing.assert_close(added, 2.0 * by_hand(real_map), rtol=1e-4, atol=1e-5)
+
+    torch.manual_seed(5)
+    fake = model.generator(torch.randn(n, model.config.latent),
+                           model.text_encoder(batch["text"]))
+    want = 2.0 * by_hand(d.image_map(fake)).detach()
+    model.config.digit_loss = 0.0
+    added = loss_added_by(model, batch, "g", seed=5, digit_loss=2.0)
+    torch.testing.assert_close(added, want, rtol=1e-4, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    model.loss(batch, "g")[0].backward()
+    assert all(p.grad is None for p in [*d.parameters(), *model.text_encoder.parameters()])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.generator.parameters())
+
+    none = tokenize(["a red trouser"] * n)
+    assert float(model.digit_choice(real_map, none).detach()) == 0.0

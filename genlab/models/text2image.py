@@ -36,7 +36,11 @@ Two settings beyond the paper. ``r1`` (Mescheder et al. 2018) penalises D's grad
 images with their own caption, so D cannot win outright early on (here it doubles how often a
 sample shows its caption's colour; benchmarks/RESULTS.md, text-to-image). ``projection`` (Miyato &
 Koyama 2018) adds the inner product of the text with D's pooled image features to the logit,
-a direct test of the match.
+a direct test of the match. ``digit_loss`` is AC-GAN's auxiliary classifier with its classes
+read from the caption (:meth:`Text2Image.digit_choice`): a head of D chooses each image's
+caption among the caption rewritten with every digit, learnt on real images, and G is asked
+to make that choice right on its fakes. Trained alone, D learns to read the digit from such a
+10-way choice and never from GAN-CLS's negatives (``benchmarks/text2image_matching.py``).
 
 Sampling: ``sample(n, cond={"text": [n strings]})`` tokenizes with
 :func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a
@@ -80,6 +84,7 @@ class Text2ImageConfig:
     digit_negatives: float = 0.0  # share of wrong texts that are the right one, digit changed
     r1: float = 0.0  # gamma of the R1 penalty on real images with their own text (0: off)
     projection: bool = False  # D's logit also gets <text embedding, pooled image features>
+    digit_loss: float = 0.0  # weight of D's 10-way choice of its caption's digit (0: off)
 
 
 # ---- the text side ------------------------------------------------------------------------------
@@ -249,6 +254,9 @@ class _Discriminator(nn.Module):
         # Miyato & Koyama 2018: an inner product of the text with the image's features
         # tests their match directly, where the joint path must learn a product from sums.
         self.project = nn.Linear(config.text, chans) if config.projection else None
+        # digit_loss: a head of its own, apart from the real/fake logit (through `judge` the
+        # ten-way choice swamped that logit and G learned nothing; RESULTS.md, text-to-image).
+        self.digit_head = nn.Linear(config.text, chans) if config.digit_loss > 0 else None
 
     def image_map(self, x: Tensor) -> Tensor:
         return self.image.feature_map(x)  # (B, F, 4, 4)
@@ -268,6 +276,12 @@ class _Discriminator(nn.Module):
             pooled = fmap[:, :self.project.out_features].sum((2, 3))  # (B, F): no spread channel
             logit = logit + (self.project(t) * pooled).sum(1)
         return logit
+
+    def choose(self, fmap: Tensor, texts: Tensor) -> Tensor:
+        """Scores (B, K) of image maps (B, F, s, s) against K texts each (K, B, text): the
+        inner product of the digit head's view of each text with the pooled image features."""
+        pooled = fmap[:, :self.digit_head.out_features].sum((2, 3))  # (B, F)
+        return torch.einsum("kbf,bf->bk", self.digit_head(texts), pooled)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.judge(self.image_map(x), t)
@@ -315,6 +329,8 @@ class Text2Image(Adversarial):
         super().__init__(shape, config)
         if min(config.latent, config.width, config.words, config.text, config.proj) < 1:
             raise ValueError("latent, width, words, text and proj must be at least 1")
+        if not config.digit_loss >= 0:
+            raise ValueError(f"digit_loss must be 0 (off) or more, got {config.digit_loss}")
         if not 0.0 <= config.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {config.beta}")
         self.text_encoder = TextEncoder(config.words, config.text, config.slope)
@@ -352,6 +368,8 @@ class Text2Image(Adversarial):
             real_wrong = self.discriminator.judge(real_map, t_wrong)  # (B,)
             fake_right = self.discriminator(fake, t)  # (B,)
             loss = matching_d_loss(real_right, real_wrong, fake_right)
+            if self.config.digit_loss > 0:  # real images only, as AC-GAN variants do
+                loss = loss + self.config.digit_loss * self.digit_choice(real_map, ids)
             if self.config.r1 > 0:
                 loss = loss + self.config.r1 / 2 * r1_penalty(
                     lambda v: self.discriminator(v, t), real)
@@ -361,16 +379,34 @@ class Text2Image(Adversarial):
         if player == "g":
             with torch.no_grad():  # the text encoder is D's: G reads its output as data
                 t = self.text_encoder(ids)
-            with frozen(self.discriminator):  # G's step must not touch D's weights
-                fake_right = self.discriminator(self.generator(self._noise(b, x.device), t), t)
+            # G's step must not touch D's weights (the text encoder is D's too)
+            with frozen(self.discriminator, self.text_encoder):
+                fake = self.generator(self._noise(b, x.device), t)  # (B, C, H, W)
+                fake_map = self.discriminator.image_map(fake)  # (B, F, 4, 4)
+                fake_right = self.discriminator.judge(fake_map, t)  # (B,)
                 between = None
                 if self.config.interpolation > 0:
                     t_int = interpolate(t, self.config.beta)  # (B, text)
                     between = self.discriminator(
                         self.generator(self._noise(b, x.device), t_int), t_int)
-            loss = matching_g_loss(fake_right, between, self.config.interpolation)
+                loss = matching_g_loss(fake_right, between, self.config.interpolation)
+                if self.config.digit_loss > 0:  # D should find the caption's digit in the fake
+                    loss = loss + self.config.digit_loss * self.digit_choice(fake_map, ids)
             return loss, {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+
+    def digit_choice(self, fmap: Tensor, ids: Tensor) -> Tensor:
+        """Cross-entropy of D's digit head choosing, for each image (maps (B, F, s, s)), its
+        caption ids (B, L) among the ten versions of it with each digit (:func:`every_digit`;
+        held-out pairs left out, rows naming no digit skipped): D learns it on real images,
+        and G is asked to draw images in which D finds the caption's digit (AC-GAN's auxiliary
+        classifier, with the classes read from the caption)."""
+        versions, allowed, digit, named = every_digit(ids)
+        if not bool(named.any()):
+            return fmap.sum() * 0.0
+        texts = self.text_encoder(versions.flatten(0, 1)).unflatten(0, versions.shape[:2])
+        scores = self.discriminator.choose(fmap, texts).masked_fill(~allowed, float("-inf"))
+        return F.cross_entropy(scores[named], digit[named])  # over (B, 10)
 
     # ---- sampling -----------------------------------------------------------------------------
     def embed(self, texts: list[str]) -> Tensor:
