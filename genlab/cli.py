@@ -72,15 +72,20 @@ def _parse_value(text: str) -> Any:
 # ---- argparse types: a value that makes no sense is refused at its flag, in one line ----------
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: counts (-n, --steps, --batch-size, --limit, -k) must be at least 1."""
+def _whole(text: str, least: int, must: str) -> int:
+    """``text`` as a whole number of at least ``least``, else "must be ``must``"."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {must}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: counts (-n, --steps, --batch-size, --limit, -k) must be at least 1."""
+    return _whole(text, 1, "at least 1")
 
 
 def _checked_float(text: str, ok: Callable[[float], bool], must: str) -> float:
@@ -122,7 +127,7 @@ def _duration(text: str) -> str:
 
 def _count(text: str) -> int:
     """argparse type: --sample-every, --val-every: a whole number, 0 allowed (0: off)."""
-    return 0 if text.strip() == "0" else _positive_int(text)
+    return _whole(text, 0, "0 (off) or more")
 
 
 def _interval(text: str) -> str:

@@ -490,4 +490,4 @@ def test_val_every_zero_trains_without_validation(tmp_path, capsys):
     assert "best_val_loss" in configs["2"]
     with pytest.raises(SystemExit):
         run(capsys, "train", "independent", "--val-every", "-1")
-    assert "must be at least 1" in capsys.readouterr().err
+    assert "--val-every: must be 0 (off) or more, got -1" in capsys.readouterr().err
