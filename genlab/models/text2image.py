@@ -368,14 +368,17 @@ class Text2Image(Adversarial):
             real_wrong = self.discriminator.judge(real_map, t_wrong)  # (B,)
             fake_right = self.discriminator(fake, t)  # (B,)
             loss = matching_d_loss(real_right, real_wrong, fake_right)
+            logs = {"d_real": float(torch.sigmoid(real_right).detach().mean()),
+                    "d_wrong": float(torch.sigmoid(real_wrong).detach().mean()),
+                    "d_fake": float(torch.sigmoid(fake_right).detach().mean())}
             if self.config.digit_loss > 0:  # real images only, as AC-GAN variants do
-                loss = loss + self.config.digit_loss * self.digit_choice(real_map, ids)
+                choice = self.digit_choice(real_map, ids)
+                loss = loss + self.config.digit_loss * choice
+                logs["digit"] = float(choice.detach())  # nats; ln 10 = 2.30 is a blind guess
             if self.config.r1 > 0:
                 loss = loss + self.config.r1 / 2 * r1_penalty(
                     lambda v: self.discriminator(v, t), real)
-            return loss, {"d_real": float(torch.sigmoid(real_right).detach().mean()),
-                          "d_wrong": float(torch.sigmoid(real_wrong).detach().mean()),
-                          "d_fake": float(torch.sigmoid(fake_right).detach().mean())}
+            return loss, logs
         if player == "g":
             with torch.no_grad():  # the text encoder is D's: G reads its output as data
                 t = self.text_encoder(ids)
@@ -390,9 +393,12 @@ class Text2Image(Adversarial):
                     between = self.discriminator(
                         self.generator(self._noise(b, x.device), t_int), t_int)
                 loss = matching_g_loss(fake_right, between, self.config.interpolation)
+                logs = {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
                 if self.config.digit_loss > 0:  # D should find the caption's digit in the fake
-                    loss = loss + self.config.digit_loss * self.digit_choice(fake_map, ids)
-            return loss, {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
+                    choice = self.digit_choice(fake_map, ids)
+                    loss = loss + self.config.digit_loss * choice
+                    logs["digit"] = float(choice.detach())
+            return loss, logs
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
 
     def digit_choice(self, fmap: Tensor, ids: Tensor) -> Tensor:
