@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from genlab.metrics import (
     corrupt,
     detect,
     fpr_at_tpr,
+    png_bits,
     typicality,
 )
 
@@ -101,12 +103,49 @@ def test_scores_follow_capabilities():
     report, scores = detect(m, data, other, train=data, background=bg, typicality_m=(1, 5))
     names = [r.score for r in report.rows]
     assert names == ["log-likelihood (exact)", "typicality, M=1", "typicality, M=5",
-                     "likelihood ratio (background model)"]
+                     "likelihood ratio (background model)",
+                     "input complexity (PNG as the background)"]
     assert report.rows[0].auroc > 0.9  # a fitted model finds noise unlikely
     assert report.rows[2].n_in == 12  # 60 images in batches of 5
     gan = tiny("gan")
     report, _ = detect(gan, data, other)
     assert [r.score for r in report.rows] == ["discriminator logit (GAN's D, not a likelihood)"]
+
+
+def test_png_bits_are_the_length_of_each_image_as_a_png_file(tmp_path):
+    """L(x) against files written by PIL itself, for grey, RGB and two-channel images; a
+    flat image costs fewer bits than noise."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((1, 28, 28), (3, 8, 8), (2, 5, 6)):
+        x = torch.rand(3, *shape, generator=g)
+        x[0] = 0.5  # flat
+        got = png_bits(x)
+        for i in range(3):
+            values = (x[i] * 255).round().to(torch.uint8)
+            image = (Image.fromarray(values.permute(1, 2, 0).numpy(), "RGB") if shape[0] == 3
+                     else Image.fromarray(torch.cat(list(values)).numpy(), "L"))
+            path = tmp_path / f"{shape[0]}-{i}.png"
+            image.save(path, optimize=True)
+            assert got[i] == 8 * path.stat().st_size
+        assert got[0] < got[1]
+
+
+def test_input_complexity_is_the_likelihood_ratio_against_the_png_compressor():
+    """The score by hand: -log p(x) - L(x) ln 2 for each image, in and out; and it does what
+    it is for: a model of busy images finds flat ones likely, the score does not."""
+    g = torch.Generator().manual_seed(1)
+    busy = Dataset((torch.rand(200, 1, 8, 8, generator=g) < 0.5).float(), name="busy")
+    flat = Dataset(torch.zeros(200, 1, 8, 8), name="flat")
+    m = genlab.create("independent", shape=(1, 8, 8))
+    m.estimate(busy.x[:100])
+    m.logits.data.sub_(0.3)  # a little less ink than half: all-black is the likeliest image
+    report, scores = detect(m, Dataset(busy.x[100:], name="busy test"), flat)
+    s_in, s_out = scores["input complexity (PNG as the background)"]
+    for s, x in ((s_in, busy.x[100:]), (s_out, flat.x)):
+        want = -m.log_prob(x).double() - math.log(2) * png_bits(x)
+        torch.testing.assert_close(s.double(), want)
+    rows = {r.score: r.auroc for r in report.rows}
+    assert rows["log-likelihood (exact)"] < 0.5 < rows["input complexity (PNG as the background)"]
 
 
 def test_an_estimated_background_takes_the_k_asked_for_and_an_exact_model_none():
@@ -165,11 +204,12 @@ def test_ood_cli_prints_every_score_and_writes_the_histogram(runs, tmp_path, cap
     out, err = capsys.readouterr()
     assert code == 0, err
     for name in ("log-likelihood (exact)", "typicality, M=1", "typicality, M=4",
-                 "likelihood ratio (background model)", "synthetic:bars (invert)"):
+                 "likelihood ratio (background model)",
+                 "input complexity (PNG as the background)", "synthetic:bars (invert)"):
         assert name in out
     assert Image.open(tmp_path / "ood-invert.png").format == "PNG"
     rows = json.loads((tmp_path / "ood-invert.json").read_text())["rows"]
-    assert len(rows) == 4 and rows[2]["n_in"] == 16  # 64 images in batches of 4
+    assert len(rows) == 5 and rows[2]["n_in"] == 16  # 64 images in batches of 4
 
 
 def test_corruptions_survive_binarization(runs):

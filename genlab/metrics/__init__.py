@@ -13,6 +13,7 @@ from genlab.metrics.detection import (
     fpr_at_tpr,
     ood_scores,
     plot_scores,
+    png_bits,
     typicality,
 )
 from genlab.metrics.features import FeatureNet, feature_net_for, load_feature_net
@@ -49,7 +50,8 @@ from genlab.metrics.samples import (
 # probe.features (encode a dataset) is not re-exported: the name is the features module's.
 __all__ = ["CORRUPTIONS", "Detection", "DetectionReport", "NLLReport", "Progress", "aupr",
            "auroc", "bits_per_dim", "check_finite", "corrupt", "detect", "fpr_at_tpr",
-           "log_probs", "method_of", "nll", "ood_scores", "plot_scores", "typicality",
+           "log_probs", "method_of", "nll", "ood_scores", "plot_scores", "png_bits",
+           "typicality",
            "validate", "ProbeReport", "ProbeResult", "fit_logistic", "knn_accuracy",
            "linear_probe", "probe", "standardize"]
 __all__ += ["SampleReport", "classifier_score", "fid", "kid", "parzen", "precision_recall",

@@ -16,11 +16,17 @@ The scores a model supports are chosen from its capabilities (:func:`ood_scores`
 - **likelihood ratio** (Ren et al. 2019, arXiv:1906.02845): -(log p(x) - log p_bg(x)) with a
   background model trained on perturbed inputs (``perturb:RATE:SOURCE`` data), which cancels
   the population-level statistics (e.g. the number of background pixels) both models share;
+- **input complexity** (Serrà et al. 2020, arXiv:1909.11480): -log p(x) - L(x) ln 2, with L(x)
+  the image's length in bits as a PNG (:func:`png_bits`). It is the likelihood ratio with a
+  generic lossless compressor as the background model: simple images (MNIST's black strokes on
+  black, to a model of Fashion-MNIST) are cheap to the compressor too, so they stop looking
+  typical, and nothing has to be trained;
 - **discriminator**: a GAN discriminator's logit, negated (a model with ``discriminate``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -174,6 +180,23 @@ def corrupt(x: Tensor, kind: str, seed: int = 0) -> Tensor:
     return 1 - x  # invert
 
 
+def png_bits(x: Tensor) -> Tensor:
+    """(N,) float64: the length in bits of each image of x (N, C, H, W) in [0, 1] as a PNG at
+    the highest compression, its values rounded to 8 bits (C = 3: one RGB image; any other C:
+    the channels stacked vertically as one grey image). L(x) of the input-complexity score."""
+    from PIL import Image
+
+    values = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    bits = torch.empty(len(values), dtype=torch.float64)
+    for i, v in enumerate(values):  # (C, H, W)
+        image = (Image.fromarray(v.permute(1, 2, 0).numpy(), "RGB") if v.shape[0] == 3
+                 else Image.fromarray(v.reshape(-1, v.shape[-1]).numpy(), "L"))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        bits[i] = 8 * buffer.tell()
+    return bits
+
+
 def has_discriminator(model: Any) -> bool:
     return callable(getattr(model, "discriminate", None))
 
@@ -238,6 +261,10 @@ def ood_scores(
                              for d in (in_data, out_data))
             # Anomaly = -LLR: images the background explains as well as the model are suspect.
             scores["likelihood ratio (background model)"] = (bg_in - lp_in, bg_out - lp_out)
+        # The compressor's log-probability of x is -L(x) ln 2 nats (a code of L bits).
+        png_in, png_out = (-math.log(2) * png_bits(d.x) for d in (in_data, out_data))
+        scores["input complexity (PNG as the background)"] = (png_in.to(lp_in.dtype) - lp_in,
+                                                              png_out.to(lp_out.dtype) - lp_out)
     if has_discriminator(model):
         d_in, d_out = (_discriminator_logits(model, d, batch_size) for d in (in_data, out_data))
         scores["discriminator logit (GAN's D, not a likelihood)"] = (-d_in, -d_out)
