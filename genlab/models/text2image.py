@@ -40,7 +40,9 @@ a direct test of the match. ``digit_loss`` is AC-GAN's auxiliary classifier with
 read from the caption (:meth:`Text2Image.digit_choice`): a head of D chooses each image's
 caption among the caption rewritten with every digit, learnt on real images, and G is asked
 to make that choice right on its fakes. Trained alone, D learns to read the digit from such a
-10-way choice and never from GAN-CLS's negatives (``benchmarks/text2image_matching.py``).
+10-way choice and never from GAN-CLS's negatives (``benchmarks/text2image_matching.py``);
+inside the GAN, G learns to satisfy the head without drawing the digit, so it stays off
+(benchmarks/RESULTS.md, text-to-image).
 
 Sampling: ``sample(n, cond={"text": [n strings]})`` tokenizes with
 :func:`genlab.data.captions.tokenize`. Without a text each image gets a caption drawn from a
