@@ -1025,7 +1025,8 @@ def build_parser() -> argparse.ArgumentParser:
             "genlab ood runs/nade --data mnist --ood fashion-mnist --limit 2000",
             more="scores: log-likelihood (bits/dim ranks the same), typicality on batches of M "
             "(Nalisnick et al. 2019b),\nlikelihood ratio with --background (Ren et al. 2019; "
-            "train it on --data perturb:0.2:SOURCE),\nthe discriminator's logit for GANs")
+            "train it on --data perturb:0.2:SOURCE),\ninput complexity (the likelihood ratio "
+            "against the PNG compressor, Serrà et al. 2020),\nthe discriminator's logit for GANs")
     s.add_argument("run")
     s.add_argument("--data", help="in-distribution data (default: the run's), its test split")
     s.add_argument("--ood", required=True,
