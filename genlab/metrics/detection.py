@@ -20,7 +20,8 @@ The scores a model supports are chosen from its capabilities (:func:`ood_scores`
   the image's length in bits as a PNG (:func:`png_bits`). It is the likelihood ratio with a
   generic lossless compressor as the background model: simple images (MNIST's black strokes on
   black, to a model of Fashion-MNIST) are cheap to the compressor too, so they stop looking
-  typical, and nothing has to be trained;
+  typical, and nothing has to be trained. It can over-correct: where the likelihood alone
+  already separates the sets it may undo that (benchmarks/RESULTS.md, out-of-distribution);
 - **discriminator**: a GAN discriminator's logit, negated (a model with ``discriminate``).
 """
 
