@@ -301,3 +301,5 @@ def test_digit_loss_is_d_choosing_its_caption_among_the_ten_digits_on_real_and_f
 
     none = tokenize(["a red trouser"] * n)
     assert float(model.digit_choice(real_map, none).detach()) == 0.0
+    with pytest.raises(ValueError, match="digit_loss > 0"):
+        tiny("text2image").digit_choice(real_map, batch["text"])

@@ -373,10 +373,7 @@ class Text2Image(Adversarial):
             logs = {"d_real": float(torch.sigmoid(real_right).detach().mean()),
                     "d_wrong": float(torch.sigmoid(real_wrong).detach().mean()),
                     "d_fake": float(torch.sigmoid(fake_right).detach().mean())}
-            if self.config.digit_loss > 0:  # real images only, as AC-GAN variants do
-                choice = self.digit_choice(real_map, ids)
-                loss = loss + self.config.digit_loss * choice
-                logs["digit"] = float(choice.detach())  # nats; ln 10 = 2.30 is a blind guess
+            loss = loss + self._digit_term(real_map, ids, logs)  # real only, as in AC-GAN
             if self.config.r1 > 0:
                 loss = loss + self.config.r1 / 2 * r1_penalty(
                     lambda v: self.discriminator(v, t), real)
@@ -396,12 +393,18 @@ class Text2Image(Adversarial):
                         self.generator(self._noise(b, x.device), t_int), t_int)
                 loss = matching_g_loss(fake_right, between, self.config.interpolation)
                 logs = {"d_fake": float(torch.sigmoid(fake_right).detach().mean())}
-                if self.config.digit_loss > 0:  # D should find the caption's digit in the fake
-                    choice = self.digit_choice(fake_map, ids)
-                    loss = loss + self.config.digit_loss * choice
-                    logs["digit"] = float(choice.detach())
+                loss = loss + self._digit_term(fake_map, ids, logs)  # D should find it in fakes
             return loss, logs
         raise KeyError(f"{self.name} has players {self.players}, not {player!r}")
+
+    def _digit_term(self, fmap: Tensor, ids: Tensor, logs: dict[str, float]) -> Tensor | float:
+        """digit_loss times :meth:`digit_choice` (0 when off), its value logged as "digit"
+        (nats; ln 10 = 2.30 is a blind guess)."""
+        if self.config.digit_loss <= 0:
+            return 0.0
+        choice = self.digit_choice(fmap, ids)
+        logs["digit"] = float(choice.detach())
+        return self.config.digit_loss * choice
 
     def digit_choice(self, fmap: Tensor, ids: Tensor) -> Tensor:
         """Cross-entropy of D's digit head choosing, for each image (maps (B, F, s, s)), its
@@ -409,6 +412,9 @@ class Text2Image(Adversarial):
         held-out pairs left out, rows naming no digit skipped): D learns it on real images,
         and G is asked to draw images in which D finds the caption's digit (AC-GAN's auxiliary
         classifier, with the classes read from the caption)."""
+        if self.discriminator.digit_head is None:
+            raise ValueError("digit_choice needs the digit head: build the model with "
+                             "digit_loss > 0")
         versions, allowed, digit, named = every_digit(ids)
         if not bool(named.any()):
             return fmap.sum() * 0.0
